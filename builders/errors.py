@@ -1,0 +1,52 @@
+"""Errors of the builders, one tree with one root.
+
+    BuilderError
+    ├── RepositoryError            the Triton model repository on disk
+    │   ├── InvalidModelName       a name Triton users would not use, or one that escapes the repo
+    │   ├── BrokenConfig           a config.pbtxt that does not parse (the message names the file)
+    │   ├── BrokenManifest         a manifest.json that is missing or does not parse
+    │   └── VersionExists          a version folder is already there
+    ├── SourceError                a checkpoint, tokenizer or factory that cannot be loaded
+    ├── VerificationFailed         an export is over tolerance; nothing was published
+    └── EngineUnavailable          TensorRT (or a GPU) is not present here
+
+Each error carries the exit code the CLI returns for it.
+"""
+
+from __future__ import annotations
+
+
+class BuilderError(Exception):
+    exit_code = 1
+
+
+class RepositoryError(BuilderError):
+    exit_code = 30
+
+
+class InvalidModelName(RepositoryError, ValueError):
+    exit_code = 31
+
+
+class BrokenConfig(RepositoryError):
+    exit_code = 32
+
+
+class BrokenManifest(RepositoryError):
+    exit_code = 33
+
+
+class VersionExists(RepositoryError):
+    exit_code = 34
+
+
+class SourceError(BuilderError):
+    exit_code = 40
+
+
+class VerificationFailed(BuilderError):
+    exit_code = 41
+
+
+class EngineUnavailable(BuilderError):
+    exit_code = 42

@@ -1,0 +1,52 @@
+"""The `shepherd` command. Each sub-command group lives in its own module of this package.
+
+Exit codes: 0 success, 1 an unexpected error, 2 a usage error (typer), and otherwise the
+`exit_code` of the shepherd error raised (see control_plane.errors and builders.errors).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from builders.errors import BuilderError
+from control_plane.cli import demo_cmd, triton_cmd
+from control_plane.cli.output import error_console
+from control_plane.errors import ControlPlaneError
+
+app = typer.Typer(
+    name="shepherd",
+    help="Ship search and recommendation models to NVIDIA Triton without breaking production.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(triton_cmd.app, name="triton")
+app.command("demo")(demo_cmd.demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; shepherd errors become a one-line message and their exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except (ControlPlaneError, BuilderError) as exc:
+        error_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        error_console.print("aborted")
+        return 130
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

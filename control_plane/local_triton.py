@@ -1,0 +1,418 @@
+"""Run the real `tritonserver` from the `nvidia-pytriton` wheel on this machine.
+
+Why: every test of loading, probing and unloading, and `make demo`, needs a real Triton in
+explicit model-control mode. The wheel ships the binary and the Python backend but not the
+onnxruntime backend, so `assemble_backends` builds a backend directory with the Python backend
+(and the stub for the running Python) plus a Python-based `onnxruntime` backend. In NVIDIA's
+container the same model repository is served by the native backends instead.
+
+`start` detaches the server in its own process group and records it in a state directory, so a
+later `stop` from another process (the CLI) ends the server and every stub it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import requests
+
+from control_plane.errors import (
+    PortInUse,
+    RepositoryMissing,
+    TritonBinaryMissing,
+    TritonNotRunning,
+    TritonStartFailed,
+    TritonUnreachable,
+)
+
+STUB_NAME = "triton_python_backend_stub"
+
+
+@dataclass(frozen=True)
+class TritonInstallation:
+    """Where the wheel put the server, its libraries and the Python backend."""
+
+    binary: Path
+    lib_dir: Path
+    python_backend: Path
+    stub: Path
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return (self.http, self.grpc, self.metrics)
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What `start` records so that `stop` and `status` can find the server again."""
+
+    pid: int
+    repo: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_file: str
+    state_dir: str
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def ports(self) -> Ports:
+        return Ports(self.http_port, self.grpc_port, self.metrics_port)
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+
+def find_installation() -> TritonInstallation:
+    """Locate `tritonserver` inside the installed `nvidia-pytriton` wheel."""
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise TritonBinaryMissing(
+            "tritonserver not found: install the `nvidia-pytriton` wheel (it ships the binary)"
+        ) from exc
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    found = TritonInstallation(
+        binary=root / "bin" / "tritonserver",
+        lib_dir=root.parent.parent / "nvidia_pytriton.libs",
+        python_backend=root / "backends" / "python",
+        stub=root / "python_backend_stubs" / version / STUB_NAME,
+    )
+    for path in (found.binary, found.python_backend / "libtriton_python.so", found.stub):
+        if not path.exists():
+            raise TritonBinaryMissing(f"tritonserver installation incomplete: {path} is missing")
+    return found
+
+
+def assemble_backends(installation: TritonInstallation, dest: Path) -> Path:
+    """Build a backend directory: the Python backend with this Python's stub, and `onnxruntime`."""
+    python_dir = dest / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        shutil.copy2(installation.python_backend / name, python_dir / name)
+    shutil.copy2(installation.stub, python_dir / STUB_NAME)
+    ort_dir = dest / "onnxruntime"
+    ort_dir.mkdir(parents=True, exist_ok=True)
+    source = resources.files("control_plane") / "triton_backends" / "onnxruntime" / "model.py"
+    (ort_dir / "model.py").write_text(source.read_text())
+    return dest
+
+
+def default_state_dir(http_port: int) -> Path:
+    root = Path(os.environ.get("SHEPHERD_STATE_DIR", Path.home() / ".cache" / "shepherd"))
+    return root / f"triton-{http_port}"
+
+
+def port_is_free(port: int, host: str = "0.0.0.0") -> bool:
+    """True when nothing listens on `port` (TIME_WAIT leftovers do not count, as for Triton)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int = 3) -> list[int]:
+    """Ports that are free now, for tests and side-by-side servers."""
+    sockets, ports = [], []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+            ports.append(sock.getsockname()[1])
+    finally:
+        for sock in sockets:
+            sock.close()
+    return ports
+
+
+def _server_env(installation: TritonInstallation) -> dict[str, str]:
+    """Environment that lets the Python stub import this environment's packages."""
+    env = dict(os.environ)
+    libdirs = [str(installation.lib_dir)]
+    libpython_dir = sysconfig.get_config_var("LIBDIR")
+    if libpython_dir and any(Path(libpython_dir).glob("libpython3*.so*")):
+        libdirs.insert(0, libpython_dir)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([*libdirs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+    # The stub embeds Python in isolated mode (PYTHONPATH is ignored) and finds its prefix by
+    # looking up `python3` on PATH: putting this interpreter's folder first makes it use this
+    # environment (a virtualenv's site-packages included).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log written)"
+
+
+def _is_ready(http_port: int, timeout: float = 1.0) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=timeout).ok
+    except requests.RequestException:
+        return False
+
+
+def start(
+    repo: Path,
+    *,
+    ports: Ports = Ports(),
+    state_dir: Path | None = None,
+    log_file: Path | None = None,
+    timeout: float = 120.0,
+    extra_args: Sequence[str] = (),
+) -> ServerState:
+    """Start tritonserver in explicit mode on `repo` and return once it answers ready."""
+    repo = Path(repo).resolve()
+    if not repo.is_dir():
+        raise RepositoryMissing(f"model repository not found: {repo}")
+    busy = [p for p in ports.as_tuple() if not port_is_free(p)]
+    if busy:
+        raise PortInUse(f"port(s) already in use: {', '.join(map(str, busy))}")
+    installation = find_installation()
+    state_dir = Path(state_dir or default_state_dir(ports.http)).resolve()
+    existing = _read_state(state_dir)
+    if existing and _alive(existing.pid):
+        raise PortInUse(f"a tritonserver started by shepherd already runs from {state_dir} (pid {existing.pid})")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    backends = assemble_backends(installation, state_dir / "backends")
+    log_file = Path(log_file or state_dir / "tritonserver.log").resolve()
+    command = [
+        str(installation.binary),
+        f"--model-repository={repo}",
+        f"--backend-directory={backends}",
+        "--model-control-mode=explicit",
+        f"--http-port={ports.http}",
+        f"--grpc-port={ports.grpc}",
+        f"--metrics-port={ports.metrics}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=true",
+        "--metrics-config=summary_latencies=true",
+        "--exit-timeout-secs=10",
+        *extra_args,
+    ]
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_server_env(installation),
+            start_new_session=True,  # its own process group: stop() ends the stubs too
+        )
+    state = ServerState(
+        pid=process.pid,
+        repo=str(repo),
+        http_port=ports.http,
+        grpc_port=ports.grpc,
+        metrics_port=ports.metrics,
+        log_file=str(log_file),
+        state_dir=str(state_dir),
+    )
+    (state_dir / "state.json").write_text(json.dumps(asdict(state), indent=2))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            _forget(state_dir)
+            raise TritonStartFailed(
+                f"tritonserver exited with code {process.returncode} during start; last lines of "
+                f"{log_file}:\n{_tail(log_file)}"
+            )
+        if _is_ready(ports.http):
+            return state
+        time.sleep(0.2)
+    _terminate(state)
+    raise TritonStartFailed(
+        f"tritonserver not ready after {timeout:.0f} s; last lines of {log_file}:\n{_tail(log_file)}"
+    )
+
+
+def _read_state(state_dir: Path) -> ServerState | None:
+    try:
+        return ServerState(**json.loads((state_dir / "state.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _forget(state_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        (state_dir / "state.json").unlink()
+
+
+def _alive(pid: int) -> bool:
+    """True for a live (not zombie) tritonserver with this pid; a reused pid does not count."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"tritonserver" in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def group_processes(pgid: int) -> list[int]:
+    """Pids of every process still in the server's process group (server and stubs)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _terminate(state: ServerState, timeout: float = 20.0) -> None:
+    """SIGTERM the process group (graceful unload), then SIGKILL whatever is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and group_processes(state.pid):
+        _reap(state.pid)
+        time.sleep(0.1)
+    if group_processes(state.pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(state.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and group_processes(state.pid):
+            _reap(state.pid)
+            time.sleep(0.05)
+    _reap(state.pid)
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the server is our own child, so it leaves no zombie."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def stop(*, http_port: int = 8000, state_dir: Path | None = None, timeout: float = 20.0) -> ServerState:
+    """Stop the server that `start` recorded for this port (or state directory), stubs included."""
+    state_dir = Path(state_dir or default_state_dir(http_port))
+    state = _read_state(state_dir)
+    if state is None:
+        raise TritonNotRunning(f"no tritonserver recorded in {state_dir}; was it started with shepherd?")
+    _terminate(state, timeout)
+    _forget(state_dir)
+    return state
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    model: str
+    version: str
+    state: str
+    reason: str
+
+
+def repository_index(http_url: str, timeout: float = 5.0) -> list[LoadedVersion]:
+    """Triton's repository index: every model and version it knows, with its state."""
+    try:
+        response = requests.post(f"http://{http_url}/v2/repository/index", json={}, timeout=timeout)
+        response.raise_for_status()
+    except requests.RequestException as exc:
+        raise TritonUnreachable(f"Triton at {http_url} did not answer: {exc}") from exc
+    return [
+        LoadedVersion(
+            model=entry["name"],
+            version=str(entry.get("version", "")),
+            state=entry.get("state", ""),
+            reason=entry.get("reason", ""),
+        )
+        for entry in response.json()
+    ]
+
+
+def status(*, http_port: int = 8000, state_dir: Path | None = None) -> tuple[ServerState | None, list[LoadedVersion]]:
+    """The recorded server (if shepherd started it) and what Triton reports as loaded."""
+    state_dir = Path(state_dir or default_state_dir(http_port))
+    state = _read_state(state_dir)
+    port = state.http_port if state else http_port
+    if not _is_ready(port):
+        raise TritonNotRunning(f"no Triton answers ready on 127.0.0.1:{port}")
+    return state, repository_index(f"127.0.0.1:{port}")
+
+
+class LocalTriton(contextlib.AbstractContextManager["LocalTriton"]):
+    """A real tritonserver for the length of a `with` block, on free ports by default.
+
+    Example:
+        with LocalTriton(repo) as triton:
+            client = tritonclient.grpc.InferenceServerClient(triton.state.grpc_url)
+    """
+
+    def __init__(
+        self,
+        repo: Path,
+        *,
+        ports: Ports | None = None,
+        state_dir: Path | None = None,
+        timeout: float = 120.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.repo = Path(repo)
+        self.ports = ports or Ports(*free_ports(3))
+        self.state_dir = state_dir
+        self.timeout = timeout
+        self.extra_args = extra_args
+        self._state: ServerState | None = None
+
+    @property
+    def state(self) -> ServerState:
+        if self._state is None:
+            raise TritonNotRunning("LocalTriton is not started")
+        return self._state
+
+    def __enter__(self) -> LocalTriton:
+        state_dir = self.state_dir or default_state_dir(self.ports.http)
+        self._state = start(
+            self.repo, ports=self.ports, state_dir=state_dir, timeout=self.timeout, extra_args=self.extra_args
+        )
+        return self
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports (tests of a Triton restart)."""
+        self.__exit__(None, None, None)
+        self.__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._state is not None:
+            stop(state_dir=Path(self._state.state_dir))
+            self._state = None

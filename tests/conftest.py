@@ -1,0 +1,67 @@
+"""Shared fixtures: small ONNX models made in the test, a real local Triton, the databases."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from builders.manifest import Manifest
+from builders.repository import ModelRepository, parse_config
+from control_plane.local_triton import LocalTriton
+
+POSTGRES_URL = os.environ.get("SHEPHERD_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+SCALE_CONFIG = """
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [{{ name: "x" data_type: TYPE_FP32 dims: [4] }}]
+output [{{ name: "y" data_type: TYPE_FP32 dims: [4] }}]
+"""
+
+
+def scale_model(path: Path, factor: float) -> Path:
+    """An ONNX graph y = x * factor with a dynamic batch axis: each version answers differently."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "k"], ["y"])],
+        "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor("k", TensorProto.FLOAT, [1], [factor])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def publish_scale(repo: ModelRepository, tmp_path: Path, name: str, factor: float) -> int:
+    """Publish y = x * factor as the next version of `name`; returns the version number."""
+    source = scale_model(tmp_path / f"{name}-{factor}.onnx", factor)
+    manifest = Manifest(model=name, version=0, kind="custom", format="onnx", builder_version="test")
+    published = repo.publish_version(
+        name,
+        files={"model.onnx": source},
+        manifest=manifest,
+        config=parse_config(SCALE_CONFIG.format(name=name)),
+    )
+    return published.version
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> ModelRepository:
+    root = tmp_path / "model_repository"
+    root.mkdir()
+    return ModelRepository(root)
+
+
+@pytest.fixture
+def triton(repo: ModelRepository, tmp_path: Path) -> Iterator[LocalTriton]:
+    with LocalTriton(repo.root, state_dir=tmp_path / "triton-state") as server:
+        yield server
