@@ -34,6 +34,9 @@ from builders.manifest import MANIFEST_NAME, Manifest, sha256_file
 CONFIG_NAME = "config.pbtxt"
 LOCK_NAME = ".shepherd.lock"
 STAGING_PREFIX = ".staging-"
+# A preflight alias `<model>__preflight` points at one version's files so the control plane can load
+# a candidate where it takes no client traffic. The suffix is reserved: no real model may use it.
+PREFLIGHT_SUFFIX = "__preflight"
 
 # Letters, digits, '_', '-' and '.', starting with a letter or digit: what Triton users name models.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -49,6 +52,8 @@ def validate_model_name(name: str) -> str:
         raise InvalidModelName(f"model name {name!r} contains '..'")
     if name.startswith("."):
         raise InvalidModelName(f"model name {name!r} is hidden (starts with '.')")
+    if name.endswith(PREFLIGHT_SUFFIX):
+        raise InvalidModelName(f"model name {name!r} ends with the reserved suffix {PREFLIGHT_SUFFIX!r}")
     if not _NAME.match(name):
         raise InvalidModelName(
             f"model name {name!r} is not allowed: use letters, digits, '_', '-' and '.', "
@@ -103,7 +108,10 @@ class ModelRepository:
         return sorted(
             entry.name
             for entry in self.root.iterdir()
-            if entry.is_dir() and _NAME.match(entry.name) and (entry / CONFIG_NAME).is_file()
+            if entry.is_dir()
+            and _NAME.match(entry.name)
+            and not entry.name.endswith(PREFLIGHT_SUFFIX)
+            and (entry / CONFIG_NAME).is_file()
         )
 
     def versions(self, name: str) -> list[int]:
@@ -221,3 +229,48 @@ class ModelRepository:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry)
         return removed
+
+    # -- preflight aliases -------------------------------------------------------------------
+    def preflight_name(self, name: str) -> str:
+        return validate_model_name(name) + PREFLIGHT_SUFFIX
+
+    def link_preflight(self, name: str, version: int) -> str:
+        """Make `<name>__preflight` serve exactly `version` of `name` from the same files (a symlink).
+
+        Returns the alias name. Its config is the model's own with the name changed, so the
+        candidate runs with the settings it will have in production.
+        """
+        source = self.version_dir(name, version)
+        if not source.is_dir():
+            raise RepositoryError(f"{source} does not exist")
+        alias = self.preflight_name(name)
+        folder = self.root / alias
+        with self._locked():
+            folder.mkdir(exist_ok=True)
+            for entry in folder.iterdir():
+                if entry.is_symlink() and entry.name != str(version):
+                    entry.unlink()
+            link = folder / str(version)
+            if not link.is_symlink():
+                link.symlink_to(Path("..") / name / str(version), target_is_directory=True)
+            config = self.preflight_config(name)
+            temporary = folder / f".{CONFIG_NAME}.{uuid.uuid4().hex}"
+            temporary.write_text(format_config(config))
+            os.replace(temporary, folder / CONFIG_NAME)
+        return alias
+
+    def preflight_config(self, name: str) -> ModelConfig:
+        """The model's own config under its preflight alias name."""
+        config = self.read_config(name)
+        config.name = self.preflight_name(name)
+        return config
+
+    def unlink_preflight(self, name: str) -> None:
+        """Remove the preflight alias (the version's own files are untouched)."""
+        folder = self.root / self.preflight_name(name)
+        with self._locked():
+            if folder.is_dir():
+                for entry in folder.iterdir():
+                    if entry.is_symlink() or entry.is_file():
+                        entry.unlink()
+                shutil.rmtree(folder, ignore_errors=True)

@@ -7,7 +7,8 @@
     │   ├── RepositoryMissing       --repo points nowhere
     │   ├── TritonStartFailed       the server died or never became ready
     │   ├── TritonNotRunning        stop/status found no server
-    │   └── TritonUnreachable       a running server did not answer
+    │   ├── TritonUnreachable       a running server did not answer
+    │   └── TritonLoadFailed        Triton refused or failed a load (its reason is in the message)
     └── ConfigError                 shepherd.yaml or a command-line setting is wrong
 
 Every error carries the process exit code the CLI returns for it, so scripts can tell causes apart.
@@ -48,5 +49,33 @@ class TritonUnreachable(TritonError):
     exit_code = 16
 
 
+class TritonLoadFailed(TritonError):
+    exit_code = 17
+
+
 class ConfigError(ControlPlaneError):
     exit_code = 20
+
+
+class StoreError(ControlPlaneError):
+    """The SQL history could not be read or written (the message names the URL, password masked, and the cause)."""
+
+    exit_code = 21
+
+
+class InvalidTransition(StoreError):
+    """A version was asked to move to a state its lifecycle does not allow from where it is."""
+
+    exit_code = 22
+
+
+class EvidenceError(ControlPlaneError):
+    """The judge was handed impossible evidence (more errors than requests, negative or NaN latencies)."""
+
+    exit_code = 25
+
+
+class AlertError(ControlPlaneError):
+    """An alert was built wrong (unknown event, severity or webhook format); sending one never raises."""
+
+    exit_code = 26

@@ -1,0 +1,140 @@
+"""`shepherd run|tick|promote|rollback|pin`: the control plane from the command line.
+
+Connection settings come from `--repo/--triton-grpc/--triton-metrics/--db`, else the environment
+(SHEPHERD_REPO, SHEPHERD_TRITON_GRPC, SHEPHERD_TRITON_METRICS, SHEPHERD_DB), else shepherd.yaml,
+else embedded defaults (model_repository, 127.0.0.1:8001, 127.0.0.1:8002, sqlite:///shepherd.db).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from control_plane import manual, reconciler, scheduler
+from control_plane.cli.output import console, error_console, print_json, print_table
+from control_plane.runtime import Runtime, open_runtime
+from control_plane.settings import load_settings
+
+Config = Annotated[Path | None, typer.Option("--config", help="shepherd.yaml (default: SHEPHERD_CONFIG or ./shepherd.yaml).")]
+Repo = Annotated[Path | None, typer.Option("--repo", help="Triton model repository.")]
+Grpc = Annotated[str | None, typer.Option("--triton-grpc", help="Triton gRPC HOST:PORT.")]
+Metrics = Annotated[str | None, typer.Option("--triton-metrics", help="Triton metrics HOST:PORT.")]
+Db = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL of the history database.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Actor = Annotated[str | None, typer.Option("--actor", help="Who asks (default: the login name).")]
+Reason = Annotated[str, typer.Option("--reason", help="Why; kept in the audit trail.")]
+
+
+def _runtime(config: Path | None, repo: Path | None, grpc: str | None, metrics: str | None, db: str | None) -> Runtime:
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {"repo": repo, "triton_grpc": grpc, "triton_metrics": metrics, "db_url": db}.items()
+        if value is not None
+    }
+    return open_runtime(load_settings(config, overrides=overrides))
+
+
+def _actor(actor: str | None) -> str:
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except Exception:
+        return os.environ.get("USER", "unknown")
+
+
+def _show(report: reconciler.TickReport, as_json: bool) -> None:
+    if as_json:
+        print_json({"actions": report.actions, "errors": report.errors})
+    else:
+        rows = [
+            (a["action"], a["model"], a.get("version") or "", {k: v for k, v in a.items() if k not in ("action", "model", "version")} or "")
+            for a in report.actions
+        ]
+        print_table("What this pass did", ["action", "model", "version", "details"], rows)
+        for error in report.errors:
+            error_console.print(f"[yellow]warning:[/] {error}", highlight=False)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+def tick(
+    config: Config = None, repo: Repo = None, triton_grpc: Grpc = None, triton_metrics: Metrics = None, db: Db = None,
+    as_json: Json = False,
+) -> None:
+    """Run one full cycle (reconcile, probe, judge) and exit: for cron and Kubernetes CronJobs."""
+    rt = _runtime(config, repo, triton_grpc, triton_metrics, db)
+    try:
+        report = reconciler.tick(rt)
+    finally:
+        rt.close()
+    _show(report, as_json)
+
+
+def run(
+    config: Config = None, repo: Repo = None, triton_grpc: Grpc = None, triton_metrics: Metrics = None, db: Db = None,
+    max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop after this long.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the scheduled control plane until SIGINT/SIGTERM."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    rt = _runtime(config, repo, triton_grpc, triton_metrics, db)
+    console.print(
+        f"shepherd running: repository {rt.settings.repo}, Triton {rt.settings.triton_grpc}, "
+        f"history {rt.store.safe_url if hasattr(rt.store, 'safe_url') else ''}"
+    )
+    try:
+        scheduler.run_forever(rt, max_seconds=max_seconds)
+    finally:
+        rt.close()
+
+
+def promote(
+    model: str, version: int, reason: Reason = "manual promotion", actor: Actor = None,
+    config: Config = None, repo: Repo = None, triton_grpc: Grpc = None, triton_metrics: Metrics = None, db: Db = None,
+    as_json: Json = False,
+) -> None:
+    """Make VERSION the stable version of MODEL now."""
+    rt = _runtime(config, repo, triton_grpc, triton_metrics, db)
+    try:
+        report = manual.manual_promote(rt, model, version, actor=_actor(actor), reason=reason)
+    finally:
+        rt.close()
+    _show(report, as_json)
+
+
+def rollback(
+    model: str, version: int, reason: Reason = "manual rollback", actor: Actor = None,
+    config: Config = None, repo: Repo = None, triton_grpc: Grpc = None, triton_metrics: Metrics = None, db: Db = None,
+    as_json: Json = False,
+) -> None:
+    """Unload VERSION of MODEL and never load it again automatically."""
+    rt = _runtime(config, repo, triton_grpc, triton_metrics, db)
+    try:
+        report = manual.manual_rollback(rt, model, version, actor=_actor(actor), reason=reason)
+    finally:
+        rt.close()
+    _show(report, as_json)
+
+
+def pin(
+    model: str, version: Annotated[int | None, typer.Argument()] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the pin.")] = False,
+    reason: Reason = "manual pin", actor: Actor = None,
+    config: Config = None, repo: Repo = None, triton_grpc: Grpc = None, triton_metrics: Metrics = None, db: Db = None,
+    as_json: Json = False,
+) -> None:
+    """Serve only VERSION of MODEL and pause its rollouts (`--clear` resumes)."""
+    if version is None and not clear:
+        raise typer.BadParameter("give a VERSION, or --clear to remove the pin")
+    rt = _runtime(config, repo, triton_grpc, triton_metrics, db)
+    try:
+        report = manual.manual_pin(rt, model, None if clear else version, actor=_actor(actor), reason=reason)
+    finally:
+        rt.close()
+    _show(report, as_json)

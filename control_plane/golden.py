@@ -1,0 +1,90 @@
+"""Golden inputs for a specific version, from the builders' golden sets or a version's own `golden.npz`.
+
+Why here: the builders know how to tokenise their golden sets for the example kinds
+(`builders.golden_inputs`); a model of any other kind brings its golden set as `golden.npz` in its
+version folder (arrays `input__<name>` and `labels`, with the task in the manifest's
+`extra.golden_task`). The control plane needs one call for both, cached because the inputs of a
+version never change.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from builders.repository import ModelRepository
+
+GOLDEN_NPZ = "golden.npz"
+
+
+@dataclass(frozen=True)
+class Golden:
+    task: str
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: Any = None  # the builders' GoldenInputs, when it came from there
+
+    @property
+    def rows(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0])
+
+
+def _from_npz(path: Path, task: str) -> Golden:
+    with np.load(path, allow_pickle=False) as data:
+        inputs = {key.removeprefix("input__"): data[key] for key in data.files if key.startswith("input__")}
+        labels = data["labels"] if "labels" in data.files else None
+    return Golden(task=task, inputs=inputs, labels=labels)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached(root: str, model: str, version: int) -> Golden | None:
+    repo = ModelRepository(Path(root))
+    folder = repo.version_dir(model, version)
+    manifest = repo.read_manifest(model, version)
+    if (folder / GOLDEN_NPZ).is_file():
+        return _from_npz(folder / GOLDEN_NPZ, str(manifest.extra.get("golden_task", manifest.kind)))
+    if manifest.kind in ("intent", "embedder", "ranker"):
+        from builders.golden_inputs import golden_inputs
+
+        found = golden_inputs(repo, model, version)
+        return Golden(task=found.task, inputs=found.inputs, labels=found.labels, meta=found.meta, source=found)
+    return None
+
+
+def golden_for(repo: ModelRepository, model: str, version: int) -> Golden | None:
+    """The golden inputs of `model` version `version`, or None when the model has none."""
+    return _cached(str(repo.root.resolve()), model, int(version))
+
+
+def score(golden: Golden, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Quality of `outputs` on the golden set: {"metric": ..., "value": ...}."""
+    from builders import quality
+
+    if golden.source is not None:
+        from builders.golden_inputs import score as builders_score
+
+        return builders_score(golden.source, outputs)
+    first = next(iter(outputs.values()))
+    if golden.labels is None:
+        return {}
+    if golden.task in ("classifier", "intent"):
+        return quality.intent_quality(first, golden.labels)
+    if golden.task == "ranker":
+        return quality.ranker_quality(first.reshape(-1), golden.labels)
+    return {}
+
+
+def agreement(golden: Golden, candidate: dict[str, np.ndarray], stable: dict[str, np.ndarray]) -> float | None:
+    """How often the candidate agrees with the stable version on the same golden inputs."""
+    from builders import quality
+
+    name = next(iter(candidate))
+    if name not in stable:
+        return None
+    task = "intent" if golden.task == "classifier" else golden.task
+    return float(quality.agreement(task, candidate[name], stable[name]))

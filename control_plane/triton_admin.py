@@ -1,0 +1,113 @@
+"""Triton's repository API, as the reconciler needs it: which versions are loaded, load exactly
+these versions, unload, and wait until an unload is real.
+
+Facts this is built around (see issue 4 and ../shared/notes/triton-on-cpu.md):
+- a load's `config` override replaces config.pbtxt whole and is sticky, so it is always built from
+  the parsed config.pbtxt with protobuf `json_format`, never by editing JSON text;
+- a load is all-or-nothing: if a listed version fails, the versions loaded before keep serving;
+- an unload is asynchronous: a version is gone only once the index no longer says READY/UNLOADING.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import tritonclient.grpc as grpcclient
+from google.protobuf import json_format
+from tritonclient.grpc.model_config_pb2 import ModelConfig
+from tritonclient.utils import InferenceServerException
+
+from control_plane.errors import TritonLoadFailed, TritonUnreachable
+
+LIVE_STATES = frozenset({"READY", "LOADING", "UNLOADING"})
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    model: str
+    version: int | None
+    state: str
+    reason: str
+
+
+def override_json(config: ModelConfig, versions: Iterable[int]) -> str:
+    """The load override: the parsed config with a `specific` version policy listing `versions`."""
+    override = ModelConfig()
+    override.CopyFrom(config)
+    override.version_policy.specific.versions[:] = sorted(set(int(v) for v in versions))
+    return json.dumps(json_format.MessageToDict(override))
+
+
+class TritonAdmin:
+    """Repository-API calls over gRPC with errors translated into shepherd's tree."""
+
+    def __init__(self, grpc_url: str, *, timeout_s: float = 60.0) -> None:
+        self.grpc_url = grpc_url
+        self.timeout_s = timeout_s
+        self._client = grpcclient.InferenceServerClient(grpc_url)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def index(self) -> list[IndexEntry]:
+        try:
+            raw = self._client.get_model_repository_index(as_json=True, client_timeout=10)
+        except InferenceServerException as exc:
+            raise TritonUnreachable(f"Triton at {self.grpc_url} did not answer the repository index: {exc}") from exc
+        return [
+            IndexEntry(
+                model=entry["name"],
+                version=int(entry["version"]) if entry.get("version") else None,
+                state=entry.get("state", ""),
+                reason=entry.get("reason", ""),
+            )
+            for entry in raw.get("models", [])
+        ]
+
+    def ready_versions(self, model: str, index: list[IndexEntry] | None = None) -> set[int]:
+        entries = self.index() if index is None else index
+        return {e.version for e in entries if e.model == model and e.state == "READY" and e.version is not None}
+
+    def live_versions(self, model: str, index: list[IndexEntry] | None = None) -> set[int]:
+        entries = self.index() if index is None else index
+        return {e.version for e in entries if e.model == model and e.state in LIVE_STATES and e.version is not None}
+
+    def load_versions(self, model: str, config: ModelConfig, versions: Iterable[int]) -> None:
+        """Serve exactly `versions` of `model` (one atomic swap for request routing)."""
+        wanted = sorted(set(versions))
+        if not wanted:
+            self.unload(model)
+            return
+        try:
+            self._client.load_model(model, config=override_json(config, wanted), client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            if "failed to connect" in str(exc).lower() or "unavailable" in str(exc.status() or "").lower():
+                raise TritonUnreachable(f"Triton at {self.grpc_url} is unreachable: {exc}") from exc
+            raise TritonLoadFailed(f"loading {model} versions {wanted} failed: {exc.message()}") from exc
+
+    def load(self, model: str) -> None:
+        """A plain load with the model's own config.pbtxt (tokenizers, ensembles)."""
+        try:
+            self._client.load_model(model, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise TritonLoadFailed(f"loading {model} failed: {exc.message()}") from exc
+
+    def unload(self, model: str) -> None:
+        try:
+            self._client.unload_model(model, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise TritonUnreachable(f"unloading {model} failed: {exc}") from exc
+
+    def wait_gone(self, model: str, versions: Iterable[int], *, timeout_s: float = 30.0) -> bool:
+        """Poll the index until none of `versions` is READY or UNLOADING; True when they are gone."""
+        pending = set(versions)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not (self.live_versions(model) & pending):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
