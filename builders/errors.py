@@ -50,3 +50,22 @@ class VerificationFailed(BuilderError):
 
 class EngineUnavailable(BuilderError):
     exit_code = 42
+
+
+# Added with the builders' core (issue 3): both sit under BuilderError.
+class ExportFailed(BuilderError):
+    """The PyTorch -> ONNX export (or its onnxruntime optimisation) did not produce a usable graph."""
+
+    exit_code = 43
+
+
+class BuildFailed(BuilderError):
+    """A build step failed for a reason no narrower error names (the message names the step)."""
+
+    exit_code = 44
+
+
+class BadOption(BuilderError, ValueError):
+    """A build option or tensor spec that cannot work (a negative batch size, an unknown dtype)."""
+
+    exit_code = 2

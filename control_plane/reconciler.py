@@ -26,12 +26,12 @@ from builders.manifest import Manifest
 from control_plane import golden as golden_sets
 from control_plane.errors import TritonLoadFailed, TritonUnreachable
 from control_plane.events import announce
-from control_plane.evidence import evidence_for_rollout, probe_figures
-from control_plane.judging import Evidence, Verdict, judge_canary, judge_preflight
+from control_plane.evidence import evidence_for_rollout, evidence_from_windows, probe_figures
+from control_plane.judging import Verdict, judge_canary, judge_preflight
 from control_plane.runtime import Runtime
 from control_plane.store.models import State
 from control_plane.store.records import VersionRecord
-from probes.golden import send_paired_probes, send_probe
+from probes.golden import ProbeRun, send_paired_probes, send_probe
 from probes.metrics import scrape, window
 
 log = logging.getLogger("shepherd.reconciler")
@@ -39,6 +39,8 @@ log = logging.getLogger("shepherd.reconciler")
 ROLLABLE_KINDS = frozenset({"intent", "embedder", "ranker", "custom", "classifier"})
 SUPPORT_KINDS = frozenset({"tokenizer", "ensemble"})
 SYSTEM = "shepherd"
+PREFLIGHT_ROUNDS = 40  # bound on probe requests in one preflight
+PREFLIGHT_ATTEMPTS = 5  # undecided preflights before a version is rejected
 
 
 @dataclass
@@ -136,9 +138,9 @@ def _failed_candidate(rt: Runtime, model: str, wanted: set[int]) -> int | None:
     """The non-stable version among `wanted` that Triton reports as unavailable."""
     stable = rt.store.stable(model)
     for entry in rt.admin.index():
-        if entry.model == model and entry.version in wanted and entry.state == "UNAVAILABLE":
-            if stable is None or entry.version != stable.version:
-                return entry.version
+        unavailable = entry.model == model and entry.version in wanted and entry.state == "UNAVAILABLE"
+        if unavailable and (stable is None or entry.version != stable.version):
+            return entry.version
     candidates = [v for v in wanted if stable is None or v != stable.version]
     return max(candidates) if candidates else None
 
@@ -182,34 +184,10 @@ def run_preflight(rt: Runtime, record: VersionRecord, report: TickReport) -> Non
             _fail(rt, model, version, reason=f"Triton could not load it: {exc}", report=report)
             return
         golden = golden_sets.golden_for(rt.repo, model, version)
-        if golden is None:
-            inputs = None
-        else:
-            inputs = golden.inputs
         started = rt.now()
-        run = (
-            send_probe(rt.grpc_url, alias, version, inputs, batch_size=policy.probe_batch_size)
-            if inputs is not None
-            else None
-        )
-        latencies = list(run.latencies_ms) if run else []
-        while run is not None and len(latencies) < policy.min_samples and run.errors == 0:
-            extra = send_probe(
-                rt.grpc_url, alias, version, inputs or {}, batch_size=policy.probe_batch_size, limit_rows=policy.probe_rows
-            )
-            latencies.extend(extra.latencies_ms)
-            if extra.errors:
-                break
+        run, latencies, requests, errors = _preflight_probes(rt, alias, version, golden, policy)
         quality = golden_sets.score(golden, run.outputs) if (golden and run and run.outputs is not None) else {}
         stable = rt.store.stable(model)
-        evidence = Evidence(
-            version=version,
-            latencies_ms=tuple(latencies),
-            requests=run.requests if run else 0,
-            errors=run.errors if run else 0,
-            quality=quality.get("value"),
-        )
-        verdict = judge_preflight(evidence, policy, stable_quality=stable.quality_value if stable else None)
         rt.store.add_probe_window(
             model,
             version,
@@ -217,10 +195,23 @@ def run_preflight(rt: Runtime, record: VersionRecord, report: TickReport) -> Non
             rollout_id=None,
             started_at=started,
             ended_at=rt.now(),
-            figures=probe_figures(run, quality=quality.get("value"), agreement=None, server=None),
+            figures={
+                **probe_figures(run, quality=quality.get("value"), agreement=None, server=None),
+                "requests": requests,
+                "errors": errors,
+                "samples": latencies,
+            },
         )
+        # Every preflight attempt of this version counts: an undecided one is probed again next tick.
+        evidence = evidence_from_windows(version, rt.store.probe_windows(model, version, role="preflight"))
+        verdict = judge_preflight(evidence, policy, stable_quality=stable.quality_value if stable else None)
         rt.store.add_decision(
-            model, version, outcome=verdict.outcome, reason=verdict.reason, checks=verdict.as_dict(), policy=policy.as_dict()
+            model,
+            version,
+            outcome=verdict.outcome,
+            reason=verdict.reason,
+            checks=verdict.as_dict(),
+            policy=policy.as_dict(),
         )
     finally:
         try:
@@ -230,6 +221,14 @@ def run_preflight(rt: Runtime, record: VersionRecord, report: TickReport) -> Non
         rt.repo.unlink_preflight(model)
     if run is None:
         verdict = Verdict(outcome="reject", reason="no golden set to probe it with", checks=())
+    elif verdict.outcome == "wait":
+        attempts = [d for d in rt.store.decisions(model, version) if d.outcome == "wait"]
+        if len(attempts) >= PREFLIGHT_ATTEMPTS:
+            verdict = Verdict(
+                outcome="reject",
+                reason=f"no decision after {len(attempts)} preflight attempts: {verdict.reason}",
+                checks=verdict.checks,
+            )
     if verdict.outcome == "reject":
         rt.store.transition(model, version, State.rejected, reason=verdict.reason, evidence=verdict.as_dict())
         report.add("rejected", model, version, reason=verdict.reason)
@@ -240,6 +239,31 @@ def run_preflight(rt: Runtime, record: VersionRecord, report: TickReport) -> Non
         rt.store.transition(model, version, State.canary, reason="preflight passed", evidence=verdict.as_dict())
         rollout_id = rt.store.start_rollout(model, version, stable.version)
         report.add("canary", model, version, rollout=rollout_id, stable=stable.version)
+
+
+def _preflight_probes(
+    rt: Runtime, alias: str, version: int, golden: golden_sets.Golden | None, policy: Any
+) -> tuple[ProbeRun | None, list[float], int, int]:
+    """The whole golden set once (for quality), then slices until there are enough requests to judge."""
+    if golden is None:
+        return None, [], 0, 0
+    first = send_probe(rt.grpc_url, alias, version, golden.inputs, batch_size=policy.probe_batch_size)
+    latencies, requests, errors = list(first.latencies_ms), first.requests, first.errors
+    target = 2 * policy.min_samples
+    for round_number in range(PREFLIGHT_ROUNDS):
+        if requests >= target:
+            break
+        extra = send_probe(
+            rt.grpc_url,
+            alias,
+            version,
+            _slice(golden.inputs, round_number, policy.probe_rows),
+            batch_size=policy.probe_batch_size,
+        )
+        latencies.extend(extra.latencies_ms)
+        requests += extra.requests
+        errors += extra.errors
+    return first, latencies, requests, errors
 
 
 def promote(rt: Runtime, model: str, version: int, *, reason: str, report: TickReport, actor: str = SYSTEM) -> None:
@@ -258,7 +282,9 @@ def roll_back(
 ) -> dict[str, float]:
     """Mark the version rolled back, send traffic back to stable at once, verify it is gone from Triton."""
     decided = time.monotonic()
-    rt.store.transition(model, version, State.rolled_back, reason=verdict.reason, actor=actor, evidence=verdict.as_dict())
+    rt.store.transition(
+        model, version, State.rolled_back, reason=verdict.reason, actor=actor, evidence=verdict.as_dict()
+    )
     rollout = rt.store.open_rollout(model, version)
     if rollout is not None:
         rt.store.end_rollout(rollout.id, outcome="rolled_back")
@@ -342,7 +368,10 @@ def probe_canary(rt: Runtime, candidate: VersionRecord, report: TickReport) -> N
             started_at=started,
             ended_at=ended,
             figures=probe_figures(
-                run, quality=qual.get("value"), agreement=agree if role == "candidate" else None, server=stats,
+                run,
+                quality=qual.get("value"),
+                agreement=agree if role == "candidate" else None,
+                server=stats,
                 host=after.host if after is not None else None,
             ),
         )
@@ -370,9 +399,8 @@ def judge_candidate(rt: Runtime, candidate: VersionRecord, report: TickReport) -
     cand_ev, stable_ev = evidence_for_rollout(rt.store, model, candidate.version, stable.version, rollout.id)
     baked = (rt.now() - rollout.started_at).total_seconds()
     verdict = judge_canary(cand_ev, stable_ev, policy, baked_seconds=baked)
-    if verdict.outcome == "promote" and policy.promotion_windows:
-        if not any(w.is_open(rt.now()) for w in policy.promotion_windows):
-            verdict = Verdict(outcome="wait", reason="passed; outside the promotion window", checks=verdict.checks)
+    if verdict.outcome == "promote" and not policy.window_open(rt.now()):
+        verdict = Verdict(outcome="wait", reason="passed; outside the promotion window", checks=verdict.checks)
     rt.store.add_decision(
         model,
         candidate.version,

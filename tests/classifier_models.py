@@ -5,6 +5,9 @@
 - `slow`: the same answers from a larger graph (an extra 16x2048 and four 2048x2048 matmuls per row whose
   result is scaled to nothing): more compute per request, never a sleep.
 - `worse`: weights with heavy noise, so accuracy on the golden set drops.
+- `failing`: the right answers, but a lookup table too small for one golden row's feature value
+  (as an embedding table exported before new category ids appeared): requests holding that row
+  fail inside onnxruntime, about one request in twelve.
 - `broken`: a file that is not ONNX at all; Triton cannot load it.
 """
 
@@ -38,6 +41,40 @@ def true_weights() -> np.ndarray:
 def golden_set() -> tuple[np.ndarray, np.ndarray]:
     x = np.random.default_rng(11).normal(size=(ROWS, FEATURES)).astype(np.float32)
     return x, np.argmax(x @ true_weights(), axis=1).astype(np.int64)
+
+
+def failing_onnx(path: Path, weights: np.ndarray, threshold: float) -> Path:
+    """logits = x @ W, plus a Gather whose index is out of range where x[:, 0] > threshold."""
+    inits = [
+        numpy_helper.from_array(weights, "W"),
+        numpy_helper.from_array(np.zeros((10, 1), np.float32), "table"),
+        numpy_helper.from_array(np.array([threshold], np.float32), "thr"),
+        numpy_helper.from_array(np.array([1000], np.int64), "far"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["base"]),
+        helper.make_node("Slice", ["x", "zero", "one", "one"], ["first"]),
+        helper.make_node("Greater", ["first", "thr"], ["over"]),
+        helper.make_node("Cast", ["over"], ["flag"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["flag", "far"], ["index"]),
+        helper.make_node("Gather", ["table", "index"], ["looked"]),
+        helper.make_node("Flatten", ["looked"], ["flat"], axis=1),
+        helper.make_node("Add", ["base", "flat"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "failing_classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
 
 
 def classifier_onnx(path: Path, weights: np.ndarray, *, heavy: int = 0) -> Path:
@@ -87,6 +124,9 @@ def publish(repo: ModelRepository, scratch: Path, name: str, variant: str) -> in
         weights = weights + np.random.default_rng(5).normal(scale=2.5, size=weights.shape).astype(np.float32)
     if variant == "broken":
         model.write_bytes(b"this is not an ONNX file")
+    elif variant == "failing":
+        top = np.sort(x[:, 0])
+        failing_onnx(model, weights, threshold=float((top[-1] + top[-2]) / 2))  # exactly one golden row fails
     else:
         classifier_onnx(model, weights, heavy=2048 if variant == "slow" else 0)
     accuracy = float(np.mean(np.argmax(x @ weights, axis=1) == labels))

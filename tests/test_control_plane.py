@@ -12,10 +12,10 @@ import tritonclient.grpc as grpcclient
 
 from builders.repository import ModelRepository
 from control_plane import reconciler
+from control_plane.local_triton import LocalTriton
 from control_plane.runtime import Runtime, open_runtime
 from control_plane.settings import load_settings
 from control_plane.store.models import State
-from control_plane.local_triton import LocalTriton
 from tests.classifier_models import golden_set, publish
 
 pytestmark = pytest.mark.triton
@@ -93,7 +93,9 @@ def establish_stable(rt: Runtime, repo: ModelRepository, tmp_path: Path, model: 
     return version
 
 
-def test_first_version_is_promoted_on_preflight(rt: Runtime, repo: ModelRepository, tmp_path: Path, triton: LocalTriton) -> None:
+def test_first_version_is_promoted_on_preflight(
+    rt: Runtime, repo: ModelRepository, tmp_path: Path, triton: LocalTriton
+) -> None:
     version = establish_stable(rt, repo, tmp_path)
     assert not (repo.root / "clf__preflight").exists()  # the preflight alias is cleaned up
     assert "clf__preflight" not in {e.model for e in rt.admin.index() if e.state == "READY"}
@@ -150,3 +152,14 @@ def test_identical_version_is_promoted(rt: Runtime, repo: ModelRepository, tmp_p
     tick_until(rt, lambda: ready(rt, "clf") == {same})  # the old stable is unloaded after the drain
     old = rt.store.get_version("clf", first)
     assert old is not None and old.state == State.promoted and not old.is_stable
+
+
+def test_version_failing_requests_never_serves_clients(rt: Runtime, repo: ModelRepository, tmp_path: Path) -> None:
+    stable = establish_stable(rt, repo, tmp_path)
+    failing = publish(repo, tmp_path / "build", "clf", "failing")
+    tick_until(rt, lambda: state_of(rt, "clf", failing) in (State.rejected, State.rolled_back))
+    assert ready(rt, "clf") == {stable}
+    decision = rt.store.decisions("clf", failing)[-1]
+    assert "error" in decision.reason.lower() or "fail" in decision.reason.lower()
+    errors = next(c for c in decision.checks["checks"] if c["name"] == "errors")
+    assert errors["status"] == "fail" and errors["figures"]["errors"] > 0

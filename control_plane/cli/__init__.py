@@ -11,7 +11,7 @@ import sys
 import typer
 
 from builders.errors import BuilderError
-from control_plane.cli import demo_cmd, triton_cmd
+from control_plane.cli import build_cmd, demo_cmd, history_cmd, rollout_cmd, triton_cmd
 from control_plane.cli.output import error_console
 from control_plane.errors import ControlPlaneError
 
@@ -23,6 +23,14 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(triton_cmd.app, name="triton")
+app.add_typer(build_cmd.app, name="build")
+app.command("run")(rollout_cmd.run)
+app.command("tick")(rollout_cmd.tick)
+app.command("status")(history_cmd.status)
+app.command("history")(history_cmd.history)
+app.command("promote")(rollout_cmd.promote)
+app.command("rollback")(rollout_cmd.rollback)
+app.command("pin")(rollout_cmd.pin)
 app.command("demo")(demo_cmd.demo)
 
 

@@ -20,7 +20,9 @@ from control_plane.cli.output import console, error_console, print_json, print_t
 from control_plane.runtime import Runtime, open_runtime
 from control_plane.settings import load_settings
 
-Config = Annotated[Path | None, typer.Option("--config", help="shepherd.yaml (default: SHEPHERD_CONFIG or ./shepherd.yaml).")]
+Config = Annotated[
+    Path | None, typer.Option("--config", help="shepherd.yaml (default: SHEPHERD_CONFIG or ./shepherd.yaml).")
+]
 Repo = Annotated[Path | None, typer.Option("--repo", help="Triton model repository.")]
 Grpc = Annotated[str | None, typer.Option("--triton-grpc", help="Triton gRPC HOST:PORT.")]
 Metrics = Annotated[str | None, typer.Option("--triton-metrics", help="Triton metrics HOST:PORT.")]
@@ -53,7 +55,12 @@ def _show(report: reconciler.TickReport, as_json: bool) -> None:
         print_json({"actions": report.actions, "errors": report.errors})
     else:
         rows = [
-            (a["action"], a["model"], a.get("version") or "", {k: v for k, v in a.items() if k not in ("action", "model", "version")} or "")
+            (
+                a["action"],
+                a["model"],
+                a.get("version") or "",
+                {k: v for k, v in a.items() if k not in ("action", "model", "version")} or "",
+            )
             for a in report.actions
         ]
         print_table("What this pass did", ["action", "model", "version", "details"], rows)
@@ -64,7 +71,11 @@ def _show(report: reconciler.TickReport, as_json: bool) -> None:
 
 
 def tick(
-    config: Config = None, repo: Repo = None, triton_grpc: Grpc = None, triton_metrics: Metrics = None, db: Db = None,
+    config: Config = None,
+    repo: Repo = None,
+    triton_grpc: Grpc = None,
+    triton_metrics: Metrics = None,
+    db: Db = None,
     as_json: Json = False,
 ) -> None:
     """Run one full cycle (reconcile, probe, judge) and exit: for cron and Kubernetes CronJobs."""
@@ -77,7 +88,11 @@ def tick(
 
 
 def run(
-    config: Config = None, repo: Repo = None, triton_grpc: Grpc = None, triton_metrics: Metrics = None, db: Db = None,
+    config: Config = None,
+    repo: Repo = None,
+    triton_grpc: Grpc = None,
+    triton_metrics: Metrics = None,
+    db: Db = None,
     max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop after this long.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -95,8 +110,15 @@ def run(
 
 
 def promote(
-    model: str, version: int, reason: Reason = "manual promotion", actor: Actor = None,
-    config: Config = None, repo: Repo = None, triton_grpc: Grpc = None, triton_metrics: Metrics = None, db: Db = None,
+    model: str,
+    version: int,
+    reason: Reason = "manual promotion",
+    actor: Actor = None,
+    config: Config = None,
+    repo: Repo = None,
+    triton_grpc: Grpc = None,
+    triton_metrics: Metrics = None,
+    db: Db = None,
     as_json: Json = False,
 ) -> None:
     """Make VERSION the stable version of MODEL now."""
@@ -109,8 +131,15 @@ def promote(
 
 
 def rollback(
-    model: str, version: int, reason: Reason = "manual rollback", actor: Actor = None,
-    config: Config = None, repo: Repo = None, triton_grpc: Grpc = None, triton_metrics: Metrics = None, db: Db = None,
+    model: str,
+    version: int,
+    reason: Reason = "manual rollback",
+    actor: Actor = None,
+    config: Config = None,
+    repo: Repo = None,
+    triton_grpc: Grpc = None,
+    triton_metrics: Metrics = None,
+    db: Db = None,
     as_json: Json = False,
 ) -> None:
     """Unload VERSION of MODEL and never load it again automatically."""
@@ -123,10 +152,16 @@ def rollback(
 
 
 def pin(
-    model: str, version: Annotated[int | None, typer.Argument()] = None,
+    model: str,
+    version: Annotated[int | None, typer.Argument()] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove the pin.")] = False,
-    reason: Reason = "manual pin", actor: Actor = None,
-    config: Config = None, repo: Repo = None, triton_grpc: Grpc = None, triton_metrics: Metrics = None, db: Db = None,
+    reason: Reason = "manual pin",
+    actor: Actor = None,
+    config: Config = None,
+    repo: Repo = None,
+    triton_grpc: Grpc = None,
+    triton_metrics: Metrics = None,
+    db: Db = None,
     as_json: Json = False,
 ) -> None:
     """Serve only VERSION of MODEL and pause its rollouts (`--clear` resumes)."""
