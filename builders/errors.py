@@ -52,7 +52,7 @@ class EngineUnavailable(BuilderError):
     exit_code = 42
 
 
-# Added with the builders' core (issue 3): both sit under BuilderError.
+# Added with the builders' core (issue 3): ExportFailed, BuildFailed and BadOption sit under BuilderError.
 class ExportFailed(BuilderError):
     """The PyTorch -> ONNX export (or its onnxruntime optimisation) did not produce a usable graph."""
 

@@ -9,7 +9,11 @@
     │   ├── TritonNotRunning        stop/status found no server
     │   ├── TritonUnreachable       a running server did not answer
     │   └── TritonLoadFailed        Triton refused or failed a load (its reason is in the message)
-    └── ConfigError                 shepherd.yaml or a command-line setting is wrong
+    ├── ConfigError                 shepherd.yaml or a command-line setting is wrong
+    ├── StoreError                  the history database (unreachable, refused a write)
+    │   └── InvalidTransition       a lifecycle move the rules do not allow
+    ├── EvidenceError               impossible probe figures handed to the judge
+    └── AlertError                  a malformed alert event (delivery failures are never raised)
 
 Every error carries the process exit code the CLI returns for it, so scripts can tell causes apart.
 """

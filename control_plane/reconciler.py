@@ -235,7 +235,7 @@ def run_preflight(rt: Runtime, record: VersionRecord, report: TickReport) -> Non
         announce(rt, event="rejection", model=model, version=version, reason=verdict.reason, evidence=verdict.as_dict())
     elif verdict.outcome == "promote" and stable is None:
         promote(rt, model, version, reason=f"first version, preflight passed: {verdict.reason}", report=report)
-    elif verdict.outcome == "promote":
+    elif verdict.outcome == "promote" and stable is not None:
         rt.store.transition(model, version, State.canary, reason="preflight passed", evidence=verdict.as_dict())
         rollout_id = rt.store.start_rollout(model, version, stable.version)
         report.add("canary", model, version, rollout=rollout_id, stable=stable.version)

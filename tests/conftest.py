@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from builders.manifest import Manifest
 from builders.repository import ModelRepository, parse_config
@@ -65,3 +68,46 @@ def repo(tmp_path: Path) -> ModelRepository:
 def triton(repo: ModelRepository, tmp_path: Path) -> Iterator[LocalTriton]:
     with LocalTriton(repo.root, state_dir=tmp_path / "triton-state") as server:
         yield server
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A uniquely named PostgreSQL database, dropped afterwards, so parallel runs never collide."""
+    name = f"shepherd_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is needed for this test: {exc}")
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_schema_url() -> Iterator[str]:
+    """A uniquely named schema in the test database (first on the search path), dropped afterwards.
+
+    Why not a database per test: CREATE DATABASE copies a template and takes about a second on this
+    machine; a schema isolates just as well for everything but dropping the whole database.
+    """
+    name = f"shepherd_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is needed for this test: {exc}")
+    try:
+        url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={name}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+        admin.dispose()

@@ -31,9 +31,11 @@ defaults:
 """
 
 
-def make_runtime(repo: ModelRepository, triton: LocalTriton, tmp_path: Path, db_url: str | None = None) -> Runtime:
+def make_runtime(
+    repo: ModelRepository, triton: LocalTriton, tmp_path: Path, db_url: str | None = None, policy: str = FAST_POLICY
+) -> Runtime:
     config = tmp_path / "shepherd.yaml"
-    config.write_text(FAST_POLICY)
+    config.write_text(policy)
     settings = load_settings(
         config,
         overrides={

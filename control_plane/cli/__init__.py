@@ -37,7 +37,7 @@ app.command("demo")(demo_cmd.demo)
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; shepherd errors become a one-line message and their exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # a typer.Exit(N) comes back as N here
     except (ControlPlaneError, BuilderError) as exc:
         error_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return exc.exit_code
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,147 @@
+"""Per-model rollout policy: every threshold the judge uses, and the windows in which promotion may happen.
+
+Why one frozen object: a decision is stored with the policy that produced it (`Policy.as_dict`), so
+a rollback can be explained later even after `shepherd.yaml` changed; and the judge stays a pure
+function of (evidence, policy). The defaults are tuned so the example models pass an A/A rollout
+and a 1.5x slower or 5%-failing candidate is caught within 60 s of probing (see docs/judging.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.triggers.cron import CronTrigger
+
+from control_plane.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PromotionWindow:
+    """Hours in which a passing canary may be promoted, as cron fields (APScheduler `CronTrigger` semantics).
+
+    Why cron fields: the scheduler fires the promotion job with the very same trigger, so "is the
+    window open" and "when does the job run" can never disagree. `hour="9-16"` with
+    `day_of_week="mon-fri"` means weekdays 09:00 to 16:59 in `timezone`.
+    """
+
+    day_of_week: str = "*"
+    hour: str = "*"
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        self.trigger()  # a bad field fails here, when the settings load, not at the first promotion
+
+    def trigger(self) -> CronTrigger:
+        """The cron trigger of this window (fires at the start of every open hour)."""
+        try:
+            return CronTrigger(day_of_week=self.day_of_week, hour=self.hour, timezone=self.timezone)
+        except Exception as exc:  # ValueError for fields, ZoneInfoNotFoundError/LookupError for zones
+            raise ConfigError(
+                f"promotion window day_of_week={self.day_of_week!r} hour={self.hour!r} "
+                f"timezone={self.timezone!r} is not valid: {exc}"
+            ) from exc
+
+    def is_open(self, now: datetime) -> bool:
+        """Whether `now` falls in an hour the trigger fires in (a naive `now` is taken as UTC)."""
+        trigger = self.trigger()
+        moment = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+        local = moment.astimezone(trigger.timezone)
+        hour_start = local.replace(minute=0, second=0, microsecond=0)
+        fire = trigger.get_next_fire_time(None, hour_start)
+        return fire is not None and fire == hour_start
+
+    def as_dict(self) -> dict[str, str]:
+        return {"day_of_week": self.day_of_week, "hour": self.hour, "timezone": self.timezone}
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _fraction(name: str, value: float, *, open_low: bool = False) -> None:
+    low_ok = value > 0 if open_low else value >= 0
+    if not math.isfinite(value) or not low_ok or value >= 1:
+        raise ConfigError(f"{name} must be in {'(0' if open_low else '[0'}, 1), got {value!r}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How one model's candidates are probed and judged.
+
+    Volume: each probe sends `probe_rows` golden rows in requests of `probe_batch_size` rows, so
+    every `probe_interval_seconds` the judge gets ceil(rows / batch) latency samples per version.
+    The defaults give 16 per probe, 480 per version in 60 s: enough to see a 5% error rate with
+    an exact test at `alpha` (a 2% limit cannot be told from 5% with a few dozen requests).
+    """
+
+    bake_seconds: float = 30
+    probe_interval_seconds: float = 2.0
+    probe_rows: int = 64
+    probe_batch_size: int = 4
+    min_samples: int = 20
+    alpha: float = 0.01
+    max_latency_increase: float = 0.25
+    max_error_rate: float = 0.02
+    max_quality_drop: float = 0.02
+    quality_floor: float | None = None
+    latency_ceiling_ms: float | None = None
+    min_agreement: float | None = 0.9
+    drain_seconds: float = 5.0
+    promotion_windows: tuple[PromotionWindow, ...] = field(default_factory=tuple)
+    p95_min_samples: int = 100
+    max_canary_seconds: float | None = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("bake_seconds", "drain_seconds", "max_latency_increase", "max_quality_drop"):
+            _non_negative(name, float(getattr(self, name)))
+        _positive("probe_interval_seconds", float(self.probe_interval_seconds))
+        for name in ("probe_rows", "probe_batch_size", "min_samples", "p95_min_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.min_samples < 3:
+            raise ConfigError(f"min_samples must be >= 3 (a rank test needs a few samples), got {self.min_samples}")
+        _fraction("alpha", float(self.alpha), open_low=True)
+        _fraction("max_error_rate", float(self.max_error_rate))
+        if self.latency_ceiling_ms is not None:
+            _positive("latency_ceiling_ms", float(self.latency_ceiling_ms))
+        if self.max_canary_seconds is not None:
+            _positive("max_canary_seconds", float(self.max_canary_seconds))
+            if self.max_canary_seconds < self.bake_seconds:
+                raise ConfigError(
+                    f"max_canary_seconds ({self.max_canary_seconds}) is shorter than bake_seconds ({self.bake_seconds})"
+                )
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise ConfigError(f"min_agreement must be in [0, 1], got {self.min_agreement!r}")
+        if self.quality_floor is not None and not math.isfinite(self.quality_floor):
+            raise ConfigError(f"quality_floor must be a finite number, got {self.quality_floor!r}")
+        for window in self.promotion_windows:
+            if not isinstance(window, PromotionWindow):
+                raise ConfigError(f"promotion_windows must hold PromotionWindow objects, got {window!r}")
+
+    @property
+    def samples_per_probe(self) -> int:
+        """Latency samples (requests) one probe yields per version."""
+        return -(-self.probe_rows // self.probe_batch_size)
+
+    def window_open(self, now: datetime) -> bool:
+        """True when promotion is allowed at `now` (no windows means always)."""
+        return not self.promotion_windows or any(w.is_open(now) for w in self.promotion_windows)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, stored next to every decision."""
+        data = asdict(self)
+        data["promotion_windows"] = [w.as_dict() for w in self.promotion_windows]
+        return data
+
+
+POLICY_FIELDS = frozenset(f.name for f in fields(Policy))
