@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from builders.errors import BuilderError
 from builders.manifest import Manifest
+from builders.repository import PREFLIGHT_SUFFIX
 from control_plane import golden as golden_sets
 from control_plane.errors import TritonLoadFailed, TritonUnreachable
 from control_plane.events import announce
@@ -158,6 +160,20 @@ def ensure_support_models(rt: Runtime, model: str, support: list[str], report: T
             report.add("loaded", name, None, role="support")
         except TritonLoadFailed as exc:
             report.errors.append(str(exc))
+
+
+def sweep_preflight_aliases(rt: Runtime, report: TickReport) -> None:
+    """Unload preflight aliases left by a crash whose model has no version in preflight any more."""
+    suffix = PREFLIGHT_SUFFIX
+    for entry in rt.admin.index():
+        if not entry.model.endswith(suffix) or entry.state not in ("READY", "LOADING"):
+            continue
+        model = entry.model.removesuffix(suffix)
+        if rt.store.versions(model=model, states=[State.preflight]):
+            continue  # its preflight runs again in this pass and cleans up after itself
+        rt.admin.unload(entry.model)
+        rt.repo.unlink_preflight(model)
+        report.add("unloaded", entry.model, entry.version, role="stale preflight alias")
 
 
 # -- transitions --------------------------------------------------------------------------------
@@ -425,6 +441,7 @@ def reconcile(rt: Runtime, report: TickReport | None = None) -> TickReport:
     report = report or TickReport()
     with rt.lock:
         rt.repo.remove_leftover_staging()
+        sweep_preflight_aliases(rt, report)
         support: list[str] = []
         rollable: list[tuple[str, str]] = []
         for model in rt.repo.models():
@@ -466,31 +483,36 @@ def _reconcile_model(rt: Runtime, model: str, kind: str, report: TickReport) -> 
     converge(rt, model, report)
 
 
-def probe(rt: Runtime, report: TickReport | None = None) -> TickReport:
+def _each_canary(rt: Runtime, report: TickReport | None, step: Callable[[VersionRecord], object]) -> TickReport:
+    """Run `step` on every canary whose model is not pinned; an unreachable Triton ends the pass."""
     report = report or TickReport()
     with rt.lock:
         for record in rt.store.versions(states=[State.canary]):
             if rt.store.pinned(record.model) is not None:
                 continue
             try:
-                converge(rt, record.model, report)
-                probe_canary(rt, record, report)
+                step(record)
             except TritonUnreachable as exc:
                 report.errors.append(str(exc))
+                break
     return report
+
+
+def probe(rt: Runtime, report: TickReport | None = None) -> TickReport:
+    """Probe every canary beside its stable version (after making sure both are loaded)."""
+    report = report or TickReport()
+
+    def step(record: VersionRecord) -> None:
+        converge(rt, record.model, report)
+        probe_canary(rt, record, report)
+
+    return _each_canary(rt, report, step)
 
 
 def judge(rt: Runtime, report: TickReport | None = None) -> TickReport:
+    """Judge every canary on the evidence of its rollout so far."""
     report = report or TickReport()
-    with rt.lock:
-        for record in rt.store.versions(states=[State.canary]):
-            if rt.store.pinned(record.model) is not None:
-                continue
-            try:
-                judge_candidate(rt, record, report)
-            except TritonUnreachable as exc:
-                report.errors.append(str(exc))
-    return report
+    return _each_canary(rt, report, lambda record: judge_candidate(rt, record, report))
 
 
 def tick(rt: Runtime) -> TickReport:

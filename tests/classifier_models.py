@@ -43,6 +43,22 @@ def golden_set() -> tuple[np.ndarray, np.ndarray]:
     return x, np.argmax(x @ true_weights(), axis=1).astype(np.int64)
 
 
+def _save(path: Path, name: str, nodes: list, inits: list) -> Path:
+    """A checked opset-17 model with input x [batch, 16] and output logits [batch, 4]."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
 def failing_onnx(path: Path, weights: np.ndarray, threshold: float) -> Path:
     """logits = x @ W, plus a Gather whose index is out of range where x[:, 0] > threshold."""
     inits = [
@@ -63,18 +79,7 @@ def failing_onnx(path: Path, weights: np.ndarray, threshold: float) -> Path:
         helper.make_node("Flatten", ["looked"], ["flat"], axis=1),
         helper.make_node("Add", ["base", "flat"], ["logits"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "failing_classifier",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    return _save(path, "failing_classifier", nodes, inits)
 
 
 def classifier_onnx(path: Path, weights: np.ndarray, *, heavy: int = 0) -> Path:
@@ -98,22 +103,25 @@ def classifier_onnx(path: Path, weights: np.ndarray, *, heavy: int = 0) -> Path:
         ]
     else:
         nodes[0] = helper.make_node("MatMul", ["x", "W"], ["logits"])
-    graph = helper.make_graph(
-        nodes,
-        "classifier",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    return _save(path, "classifier", nodes, inits)
 
 
-def publish(repo: ModelRepository, scratch: Path, name: str, variant: str) -> int:
-    """Publish one variant as the next version of `name`, with its golden set; returns the version."""
+def publish(
+    repo: ModelRepository,
+    scratch: Path,
+    name: str,
+    variant: str,
+    *,
+    heavy: int | None = None,
+    failing_threshold: float | None = None,
+) -> int:
+    """Publish one variant as the next version of `name`, with its golden set; returns the version.
+
+    Optional knobs for the benchmarks (the defaults keep every variant as the tests know it):
+    `heavy` sets the hidden size of `slow` (default 2048), so its latency can be tuned to a ratio;
+    `failing_threshold` moves the lookup of `failing` so only rows with x[:, 0] above it fail (above
+    every golden row, the golden probes pass and only live traffic with such rows fails).
+    """
     scratch.mkdir(parents=True, exist_ok=True)
     x, labels = golden_set()
     golden = scratch / f"{name}-golden.npz"
@@ -126,9 +134,11 @@ def publish(repo: ModelRepository, scratch: Path, name: str, variant: str) -> in
         model.write_bytes(b"this is not an ONNX file")
     elif variant == "failing":
         top = np.sort(x[:, 0])
-        failing_onnx(model, weights, threshold=float((top[-1] + top[-2]) / 2))  # exactly one golden row fails
+        default = float((top[-1] + top[-2]) / 2)  # exactly one golden row fails
+        failing_onnx(model, weights, threshold=default if failing_threshold is None else failing_threshold)
     else:
-        classifier_onnx(model, weights, heavy=2048 if variant == "slow" else 0)
+        size = (2048 if heavy is None else heavy) if variant == "slow" else 0
+        classifier_onnx(model, weights, heavy=size)
     accuracy = float(np.mean(np.argmax(x @ weights, axis=1) == labels))
     manifest = Manifest(
         model=name,

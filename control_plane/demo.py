@@ -1,0 +1,154 @@
+"""The main job on embedded defaults: build the examples, serve them, roll out good and bad versions.
+
+What it shows, with real parts only: the three example models are built and verified into a fresh
+repository; the real local Triton serves them; the scheduled control plane (APScheduler, SQLite,
+the policy defaults of shepherd.yaml) promotes their first versions on preflight, then a retrained
+`query_intent` (promoted), a larger and slower one and one trained on damaged labels (each
+unloaded, with the reason), while a light stream of client requests naming no version runs
+throughout. Everything printed is read back from the history database and from Triton.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builders.examples import INTENT, build_examples, build_variant
+from builders.golden_inputs import golden_inputs
+from builders.pipeline import BuildResult, StepResult
+from builders.repository import ModelRepository
+from control_plane import reconciler, scheduler
+from control_plane.cli.output import console, print_table
+from control_plane.local_triton import LocalTriton, Ports, free_ports, port_is_free
+from control_plane.runtime import Runtime, open_runtime
+from control_plane.settings import load_settings
+from control_plane.store.models import State
+from probes.load import LoadGenerator
+
+FINAL = {State.promoted, State.rolled_back, State.rejected, State.failed}
+
+
+@dataclass(frozen=True)
+class Step:
+    variant: str
+    expected: frozenset[State]
+    why: str
+
+
+ROLLOUTS = (
+    Step("retrained", frozenset({State.promoted}), "same recipe, another seed: should be promoted"),
+    Step("slow", frozenset({State.rolled_back, State.rejected}), "a much larger model: should be unloaded as slower"),
+    Step("damaged", frozenset({State.rolled_back, State.rejected}), "trained on corrupted labels: should be unloaded"),
+)
+
+
+def _progress(model: str) -> Callable[[str, StepResult | None], None]:
+    def show(step: str, result: StepResult | None) -> None:
+        if result is not None:
+            console.print(
+                f"  {model}: {step} {result.status.value if hasattr(result.status, 'value') else result.status}"
+            )
+
+    return show
+
+
+def _built(results: list[BuildResult]) -> None:
+    for result in results:
+        if not result.ok:
+            raise SystemExit(f"building {result.model} failed: {result.error}")
+        console.print(f"built {result.model} version {result.version}")
+
+
+def _wait_for(rt: Runtime, model: str, version: int, states: set[State], timeout: float) -> State:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = rt.store.get_version(model, version)
+        if record is not None and record.state in states:
+            return State(record.state)
+        time.sleep(0.5)
+    record = rt.store.get_version(model, version)
+    raise SystemExit(f"{model} v{version} still {record.state if record else 'undiscovered'} after {timeout:.0f} s")
+
+
+def run_demo(workdir: Path, *, config: Path | None = None, timeout: float = 600.0) -> bool:
+    """Run the demo in `workdir` (wiped first, kept afterwards); True when every rollout ended as expected."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    root = workdir / "model_repository"
+    root.mkdir(parents=True)
+    repo = ModelRepository(root)
+    db_url = f"sqlite:///{workdir / 'history.db'}"
+
+    console.rule("1. build the three example models (verified ONNX, manifests, tokenizers, ensembles)")
+    _built(build_examples(repo))
+
+    default = Ports()
+    ports = default if all(port_is_free(p) for p in default.as_tuple()) else Ports(*free_ports(3))
+    console.rule(f"2. start the real local Triton (gRPC {ports.grpc}) and the scheduled control plane")
+    with LocalTriton(root, ports=ports, state_dir=workdir / "triton") as triton:
+        settings = load_settings(
+            config,
+            overrides={
+                "repo": root,
+                "triton_grpc": triton.state.grpc_url,
+                "triton_metrics": f"127.0.0.1:{triton.state.metrics_port}",
+                "db_url": db_url,
+            },
+        )
+        rt = open_runtime(settings)
+        jobs = scheduler.build_scheduler(rt)
+        jobs.start()
+        try:
+            for model in repo.models():
+                if reconciler.model_kind(rt, model) in reconciler.SUPPORT_KINDS:
+                    continue
+                state = _wait_for(rt, model, 1, FINAL, timeout)
+                console.print(f"{model} v1: {state.value} (first version, judged on its preflight)")
+            traffic_inputs = golden_inputs(repo, INTENT, 1, limit=4).inputs
+            with LoadGenerator(
+                triton.state.grpc_url, INTENT, traffic_inputs, concurrency=1, pause_s=0.1, max_seconds=timeout * 3
+            ) as clients:
+                outcomes = []
+                for step in ROLLOUTS:
+                    console.rule(f"3. {INTENT}: publish the {step.variant} version ({step.why})")
+                    result = build_variant(repo, INTENT, step.variant)
+                    _built([result])
+                    assert result.version is not None
+                    state = _wait_for(rt, INTENT, result.version, FINAL, timeout)
+                    record = rt.store.get_version(INTENT, result.version)
+                    reason = record.reason if record else ""
+                    console.print(f"{INTENT} v{result.version} ({step.variant}): [bold]{state.value}[/] - {reason}")
+                    outcomes.append((step, result.version, state))
+                traffic = clients.report()
+        finally:
+            jobs.shutdown(wait=True)
+        console.rule("4. history (from SQLite)")
+        _history(rt)
+        console.print(
+            f"client requests naming no version during the rollouts: {traffic.requests}, failed: {traffic.failures}"
+        )
+        rt.close()
+    good = all(state in step.expected for step, _, state in outcomes)
+    console.print(f"history database: {db_url}  (shepherd history --db {db_url})")
+    console.print("every rollout ended as expected" if good else "[red]a rollout did not end as expected[/]")
+    return good and traffic.failures == 0
+
+
+def _history(rt: Runtime) -> None:
+    rows: list[tuple[Any, ...]] = []
+    for entry in rt.store.history():
+        decision = entry.get("last_decision") or {}
+        rows.append(
+            (
+                entry["model"],
+                entry["version"],
+                entry["state"],
+                "yes" if entry.get("is_stable") else "",
+                f"{entry['quality_value']:.3f}" if entry.get("quality_value") is not None else "",
+                (decision.get("reason") or entry.get("reason") or "")[:110],
+            )
+        )
+    print_table("Versions", ["model", "version", "state", "stable", "quality", "why"], rows)
