@@ -21,31 +21,25 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from builders import tensorrt
 from builders.errors import BadOption, BuilderError, BuildFailed
 from builders.manifest import Manifest
-from builders.onnx_export import (
-    NUMPY_DTYPES,
-    ExportSpec,
-    Tolerance,
-    export_onnx,
-    onnx_session,
-    optimize_onnx,
-    require_verified,
-    verify_onnx,
-)
 from builders.repository import ModelRepository, PublishedVersion, validate_model_name
+from builders.specs import NUMPY_DTYPES, ExportSpec, Tolerance
 from builders.triton_config import (
     ONNX_PLATFORM,
     BatchingOptions,
     InstanceOptions,
     model_config,
 )
+
+if TYPE_CHECKING:
+    import torch
+
 
 FORMATS = ("onnx", "tensorrt")
 TENSORRT_SUFFIX = "_trt"
@@ -254,15 +248,19 @@ def _load(b: _Build) -> dict[str, Any]:
 
 
 def _export(b: _Build) -> dict[str, Any]:
-    b.onnx_path = export_onnx(b.src.module, b.spec, b.src.example, b.workdir / "model.onnx")
+    from builders import onnx_export  # imports torch: only when a build runs
+
+    b.onnx_path = onnx_export.export_onnx(b.src.module, b.spec, b.src.example, b.workdir / "model.onnx")
     b.served_onnx = b.onnx_path
     return {"opset": b.spec.opset, "bytes": b.onnx_path.stat().st_size}
 
 
 def _verified(b: _Build, path: Path, label: str, batches: list[dict[str, np.ndarray]], tol: Tolerance) -> dict:
-    report = verify_onnx(b.src.module, path, batches, b.spec, tol, label=label)
+    from builders import onnx_export  # imports torch: only when a build runs
+
+    report = onnx_export.verify_onnx(b.src.module, path, batches, b.spec, tol, label=label)
     b.verification[label] = report.as_dict() | {"tolerance": tol.as_dict()}
-    require_verified(report)
+    onnx_export.require_verified(report)
     return report.as_dict()
 
 
@@ -280,10 +278,12 @@ def _verify_golden(b: _Build) -> dict[str, Any]:
 
 
 def _optimize(b: _Build) -> dict[str, Any]:
+    from builders import onnx_export  # imports torch: only when a build runs
+
     if not (b.options.optimize or b.options.fp16):
         raise Skip("neither --optimize nor --fp16 asked for")
     assert b.onnx_path is not None
-    optimized = optimize_onnx(b.onnx_path, b.workdir / "model.optimized.onnx", fp16=b.options.fp16)
+    optimized = onnx_export.optimize_onnx(b.onnx_path, b.workdir / "model.optimized.onnx", fp16=b.options.fp16)
     tol = b.options.fp16_tolerance if b.options.fp16 else b.tolerance
     random = b.src.random_batches(b.options.random_batches, b.options.seed + 1)
     figures = {
@@ -308,8 +308,10 @@ def _tensorrt(b: _Build) -> dict[str, Any]:
 
 
 def _quality(b: _Build) -> dict[str, Any]:
+    from builders import onnx_export  # imports torch: only when a build runs
+
     assert b.served_onnx is not None
-    session = onnx_session(b.served_onnx)
+    session = onnx_export.onnx_session(b.served_onnx)
     names = b.spec.output_names
     dtypes = {t.name: t.dtype for t in b.spec.inputs}
 

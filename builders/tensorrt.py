@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from builders.errors import BadOption, EngineUnavailable
-from builders.onnx_export import NUMPY_DTYPES, ExportSpec
+from builders.specs import NUMPY_DTYPES, ExportSpec
 from builders.triton_config import TENSORRT_PLATFORM, BatchingOptions, InstanceOptions, model_config
 
 DEFAULT_BATCHING = BatchingOptions()

@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from builders.errors import BadOption
-from builders.onnx_export import ExportSpec, TensorSpec
+from builders.specs import ExportSpec, TensorSpec
 
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU")
 ONNX_PLATFORM = "onnxruntime_onnx"

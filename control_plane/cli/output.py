@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
-error_console = Console(stderr=True)
+# Piped output (CI logs, `| less`) gets a wide console instead of rich's 80-column fallback.
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
+console = Console(width=_WIDTH)
+error_console = Console(stderr=True, width=None if sys.stderr.isatty() else _WIDTH)
 
 
 def print_json(data: Any) -> None:
