@@ -58,7 +58,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 TOKENIZER_SUFFIX = "_tokenizer"
 ENSEMBLE_SUFFIX = "_text"
 TOKENIZER_BACKEND = Path(__file__).resolve().parent / "tokenizer_backend" / "model.py"
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 INPUT_NAMES = ("input_ids", "attention_mask")
 GOLDEN_BATCH = 32
 RANDOM_MAX_TOKENS = 48
@@ -103,13 +108,17 @@ class TextCheckpoint:
 
 
 # -- inspection -----------------------------------------------------------------------------------
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+def _load_json(path: Path, what: str) -> Any:
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise SourceError(f"{what} is missing: {path}") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
         raise SourceError(f"{what} does not parse: {path}: {exc}") from exc
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    data = _load_json(path, what)
     if not isinstance(data, dict):
         raise SourceError(f"{what} is not a JSON object: {path}")
     return data
@@ -117,15 +126,19 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 def _sentence_transformers_layout(root: Path) -> tuple[Path, dict[str, Any] | None, bool, int | None]:
     """(transformer folder, pooling config, normalise?, max_seq_length) from modules.json."""
-    modules = json.loads((root / "modules.json").read_text()) if (root / "modules.json").is_file() else None
-    if not isinstance(modules, list):
+    modules = _load_json(root / "modules.json", "modules.json")
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
         raise SourceError(f"{root / 'modules.json'} is not a list of modules")
     transformer = next((m for m in modules if str(m.get("type", "")).endswith(".Transformer")), None)
     if transformer is None:
         raise SourceError(f"{root / 'modules.json'} names no sentence_transformers Transformer module")
     model_dir = root / str(transformer.get("path", ""))
     pooling_module = next((m for m in modules if str(m.get("type", "")).endswith(".Pooling")), None)
-    pooling = _read_json(root / pooling_module["path"] / "config.json", "pooling config") if pooling_module else None
+    pooling = (
+        _read_json(root / str(pooling_module.get("path", "")) / "config.json", "pooling config")
+        if pooling_module
+        else None
+    )
     normalize = any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
     unsupported = [
         m["type"] for m in modules if not str(m.get("type", "")).endswith((".Transformer", ".Pooling", ".Normalize"))
@@ -241,7 +254,10 @@ def inspect_checkpoint(path: Path, kind: str) -> TextCheckpoint:
                 f"{model_dir / 'config.json'} is not a sequence-classification checkpoint "
                 f"(architectures {architectures}, {len(id2label)} labels)"
             )
-        labels = tuple(str(id2label[key]) for key in sorted(id2label, key=int))
+        try:
+            labels = tuple(str(id2label[key]) for key in sorted(id2label, key=int))
+        except (TypeError, ValueError) as exc:
+            raise SourceError(f"{model_dir / 'config.json'}: id2label keys must be class numbers: {exc}") from exc
     pooling = _pooling_mode(pooling_config, root) if kind == "embedder" else "mean"
     hashed = [p for p in root.rglob("*") if p.is_file() and ".git" not in p.parts and not p.name.startswith(".")]
     files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(hashed)}

@@ -107,6 +107,8 @@ def run_demo(workdir: Path, *, config: Path | None = None, timeout: float = 600.
                     continue
                 state = _wait_for(rt, model, 1, FINAL, timeout)
                 console.print(f"{model} v1: {state.value} (first version, judged on its preflight)")
+            while not rt.admin.ready_versions(INTENT):  # promoted in SQL first, then loaded: wait for Triton
+                time.sleep(0.2)
             traffic_inputs = golden_inputs(repo, INTENT, 1, limit=4).inputs
             with LoadGenerator(
                 triton.state.grpc_url, INTENT, traffic_inputs, concurrency=1, pause_s=0.1, max_seconds=timeout * 3

@@ -72,6 +72,9 @@ def promotion_window_job(model: str) -> None:
 def build_scheduler(rt: Runtime) -> BackgroundScheduler:
     global _runtime
     _runtime = rt
+    # The jobs share one lock, so a round that finds the previous one still running is skipped by
+    # design (coalesced); APScheduler would log each skip as a warning.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
     scheduler = BackgroundScheduler(
         jobstores={"default": SQLAlchemyJobStore(url=rt.settings.db_url, tablename=JOB_TABLE)},
         executors={"default": ThreadPoolExecutor(2)},

@@ -132,7 +132,11 @@ def test_ten_aa_rollouts_none_rolled_back(repo: ModelRepository, triton: LocalTr
         outcomes = []
         for _ in range(10):
             version = publish(repo, tmp_path / "build", "clf", "same")
-            tick_until(rt, lambda v=version: state_of(rt, "clf", v) not in (State.discovered, State.preflight, State.canary), timeout=120)  # type: ignore[misc]
+            tick_until(
+                rt,
+                lambda v=version: state_of(rt, "clf", v) not in (State.discovered, State.preflight, State.canary),
+                timeout=120,
+            )  # type: ignore[misc]
             outcomes.append(state_of(rt, "clf", version))
         assert outcomes == [State.promoted] * 10
     finally:
@@ -195,7 +199,9 @@ def shepherd(rt: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_manual_rollback_pin_and_promote_are_recorded(repo: ModelRepository, triton: LocalTriton, tmp_path: Path) -> None:
+def test_manual_rollback_pin_and_promote_are_recorded(
+    repo: ModelRepository, triton: LocalTriton, tmp_path: Path
+) -> None:
     rt = make_runtime(repo, triton, tmp_path)
     try:
         first = establish_stable(rt, repo, tmp_path)

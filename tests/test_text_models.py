@@ -314,6 +314,9 @@ def broken_cases(base: Path) -> dict[str, tuple[Path, str, str]]:
     st_broken = tiny_sentence_transformer(base / "st-broken")
     (st_broken / "1_Pooling" / "config.json").write_text("{not json")
     cases["broken pooling config"] = (st_broken, "embedder", "pooling config does not parse")
+    st_modules = tiny_sentence_transformer(base / "st-modules")
+    (st_modules / "modules.json").write_text('{"0": "not a list"}')
+    cases["modules.json not a list"] = (st_modules, "embedder", "is not a list of modules")
     return cases
 
 

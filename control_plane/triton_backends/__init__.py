@@ -1,0 +1,1 @@
+"""Python-based Triton backends that shepherd assembles into the local server's backend directory."""
