@@ -31,7 +31,9 @@ SETTINGS_FILE = ROOT / "shepherd.yaml"
 
 
 @contextmanager
-def control_plane(scratch: Path, *, db_url: str | None = None) -> Iterator[tuple[ModelRepository, LocalTriton, Runtime]]:
+def control_plane(
+    scratch: Path, *, db_url: str | None = None
+) -> Iterator[tuple[ModelRepository, LocalTriton, Runtime]]:
     """A fresh repository, a real Triton on free ports and a Runtime with shepherd.yaml's policies."""
     repo = ModelRepository(scratch / "model_repository")
     repo.root.mkdir(parents=True)
@@ -105,7 +107,11 @@ class TickLoop:
 
     def action(self, name: str, model: str, version: int | None = None) -> dict[str, Any] | None:
         for _, action in self.actions:
-            if action["action"] == name and action["model"] == model and (version is None or action["version"] == version):
+            if (
+                action["action"] == name
+                and action["model"] == model
+                and (version is None or action["version"] == version)
+            ):
                 return action
         return None
 

@@ -65,11 +65,16 @@ def bench_model(repo: Any, name: str, *, threads: int, seconds: float, repeats: 
             ort_runs.append(measure(name, onnx, batch, seconds, 1))
         pt = {key: Spread.of([r[key].median for r in torch_runs]) for key in ("p50_ms", "p99_ms", "rows_per_s")}
         ox = {key: Spread.of([r[key].median for r in ort_runs]) for key in ("p50_ms", "p99_ms", "rows_per_s")}
-        ratios = Spread.of([o["rows_per_s"].median / t["rows_per_s"].median for t, o in zip(torch_runs, ort_runs)])
+        ratios = Spread.of(
+            [o["rows_per_s"].median / t["rows_per_s"].median for t, o in zip(torch_runs, ort_runs, strict=True)]
+        )
         width = next(iter(feeds.values())).shape[1] if "attention_mask" in feeds else None
         results.append({"model": name, "batch": batch, "tokens": width, "torch": pt, "ort": ox, "ratio": ratios})
-        print(f"  {name} batch {batch}: torch {pt['rows_per_s'].fmt()} rows/s, ort {ox['rows_per_s'].fmt()} rows/s, "
-              f"ratio {ratios.fmt(2)}", flush=True)
+        print(
+            f"  {name} batch {batch}: torch {pt['rows_per_s'].fmt()} rows/s, ort {ox['rows_per_s'].fmt()} rows/s, "
+            f"ratio {ratios.fmt(2)}",
+            flush=True,
+        )
     return results
 
 
@@ -147,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     data = {
         "threads": args.threads,
         "results": [
-            {**r, **{k: {m: s.as_dict() for m, s in r[k].items()} for k in ("torch", "ort")}, "ratio": r["ratio"].as_dict()}
+            {
+                **r,
+                **{k: {m: s.as_dict() for m, s in r[k].items()} for k in ("torch", "ort")},
+                "ratio": r["ratio"].as_dict(),
+            }
             for r in results
         ],
     }

@@ -71,7 +71,10 @@ def input_data(inputs: dict[str, np.ndarray], path: Path) -> Path:
         chosen = {name: value[:, :width] for name, value in chosen.items()}
     count = next(iter(chosen.values())).shape[0]
     data = [
-        {name: {"content": value[i].reshape(-1).tolist(), "shape": list(value[i].shape)} for name, value in chosen.items()}
+        {
+            name: {"content": value[i].reshape(-1).tolist(), "shape": list(value[i].shape)}
+            for name, value in chosen.items()
+        }
         for i in range(count)
     ]
     path.write_text(json.dumps({"data": data}))
@@ -107,7 +110,9 @@ def perf_analyzer(model: str, url: str, data: Path, concurrency: int, window_ms:
     }
 
 
-def run(repo: ModelRepository, scratch: Path, *, repeats: int, window_ms: int, models: list[str]) -> list[dict[str, Any]]:
+def run(
+    repo: ModelRepository, scratch: Path, *, repeats: int, window_ms: int, models: list[str]
+) -> list[dict[str, Any]]:
     target = ModelRepository(scratch / "perf_repository")
     target.root.mkdir(parents=True)
     pairs, datasets = {}, {}
@@ -125,7 +130,9 @@ def run(repo: ModelRepository, scratch: Path, *, repeats: int, window_ms: int, m
                 for concurrency in CONCURRENCY:
                     for mode, model in zip(("on", "off"), pairs[name], strict=True):
                         csv_path = scratch / f"{model}-{concurrency}-{attempt}.csv"
-                        figures = perf_analyzer(model, triton.state.grpc_url, datasets[name], concurrency, window_ms, csv_path)
+                        figures = perf_analyzer(
+                            model, triton.state.grpc_url, datasets[name], concurrency, window_ms, csv_path
+                        )
                         measured.setdefault((mode, concurrency), []).append(figures)
                         print(f"  {model} c={concurrency} #{attempt}: {figures}", flush=True)
             for model in pairs[name]:
@@ -136,7 +143,10 @@ def run(repo: ModelRepository, scratch: Path, *, repeats: int, window_ms: int, m
                     good = [f for f in measured[(mode, concurrency)] if "error" not in f]
                     errors = [f["error"] for f in measured[(mode, concurrency)] if "error" in f]
                     row[mode] = (
-                        {key: Spread.of([f[key] for f in good]) for key in ("throughput", "p50_ms", "p99_ms", "queue_ms")}
+                        {
+                            key: Spread.of([f[key] for f in good])
+                            for key in ("throughput", "p50_ms", "p99_ms", "queue_ms")
+                        }
                         if good
                         else None
                     )
@@ -168,7 +178,9 @@ def render(results: list[dict[str, Any]], *, repeats: int, window_ms: int, comma
     ]
     at16 = [r for r in results if r["concurrency"] == 16 and r["ratio"] is not None]
     verdicts = ", ".join(f"{r['model']} {r['ratio']:.2f}x ({met(r['ratio'] >= TARGET)})" for r in at16)
-    errors = [f"{r['model']} c={r['concurrency']}: {e}" for r in results for m in ("on", "off") for e in r[f"{m}_errors"]]
+    errors = [
+        f"{r['model']} c={r['concurrency']}: {e}" for r in results for m in ("on", "off") for e in r[f"{m}_errors"]
+    ]
     lines = [
         "### Dynamic batching ON vs OFF through the local Triton (perf_analyzer, gRPC)",
         "",
@@ -184,7 +196,17 @@ def render(results: list[dict[str, Any]], *, repeats: int, window_ms: int, comma
         f"p50/p99 are perf_analyzer's client latencies in ms. Median of {repeats} runs with (min-max).",
         "",
         table(
-            ["model", "concurrency", "ON infer/s", "ON p50 ms", "ON p99 ms", "OFF infer/s", "OFF p50 ms", "OFF p99 ms", "ON/OFF"],
+            [
+                "model",
+                "concurrency",
+                "ON infer/s",
+                "ON p50 ms",
+                "ON p99 ms",
+                "OFF infer/s",
+                "OFF p50 ms",
+                "OFF p99 ms",
+                "ON/OFF",
+            ],
             body,
         ),
         "",

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from builders.errors import BuilderError
@@ -108,8 +108,12 @@ def desired_versions(rt: Runtime, model: str) -> set[int]:
 
 
 # -- converging -------------------------------------------------------------------------------
-def converge(rt: Runtime, model: str, report: TickReport) -> None:
-    """Make Triton serve exactly the desired versions of `model`; a version that fails to load is failed."""
+def converge(rt: Runtime, model: str, report: TickReport, *, wait_unloads: bool = True) -> None:
+    """Make Triton serve exactly the desired versions of `model`; a version that fails to load is failed.
+
+    The load itself moves request routing atomically; `wait_unloads` then polls Triton's index
+    until the released versions are really gone (a rollback measures both moments).
+    """
     for _ in range(3):
         wanted = desired_versions(rt, model)
         live = rt.admin.ready_versions(model)
@@ -131,7 +135,7 @@ def converge(rt: Runtime, model: str, report: TickReport) -> None:
             _fail(rt, model, culprit, reason=f"Triton could not load it: {exc}", report=report)
             continue
         gone = live - wanted
-        if gone and not rt.admin.wait_gone(model, gone, timeout_s=30):
+        if gone and wait_unloads and not rt.admin.wait_gone(model, gone, timeout_s=30):
             report.errors.append(f"{model} versions {sorted(gone)} still loaded 30 s after their unload")
         return
 
@@ -250,7 +254,7 @@ def run_preflight(rt: Runtime, record: VersionRecord, report: TickReport) -> Non
         report.add("rejected", model, version, reason=verdict.reason)
         announce(rt, event="rejection", model=model, version=version, reason=verdict.reason, evidence=verdict.as_dict())
     elif verdict.outcome == "promote" and stable is None:
-        promote(rt, model, version, reason=f"first version, preflight passed: {verdict.reason}", report=report)
+        promote(rt, model, version, reason=f"first version: {verdict.reason}", report=report)
     elif verdict.outcome == "promote" and stable is not None:
         rt.store.transition(model, version, State.canary, reason="preflight passed", evidence=verdict.as_dict())
         rollout_id = rt.store.start_rollout(model, version, stable.version)
@@ -306,7 +310,7 @@ def roll_back(
         rt.store.end_rollout(rollout.id, outcome="rolled_back")
     timings: dict[str, float] = {}
     try:
-        converge(rt, model, report)
+        converge(rt, model, report, wait_unloads=False)
         timings["traffic_back_s"] = round(time.monotonic() - decided, 4)
         gone = rt.admin.wait_gone(model, [version], timeout_s=30)
         timings["unload_verified_s"] = round(time.monotonic() - decided, 4)
@@ -339,15 +343,21 @@ def probe_canary(rt: Runtime, candidate: VersionRecord, report: TickReport) -> N
     if golden is None:
         return
     started = rt.now()
-    try:
-        before = scrape(rt.metrics_url)
-    except Exception as exc:
-        before = None
-        report.errors.append(f"metrics: {exc}")
+    # Triton's counters are read from where this rollout's previous window ended, so the window
+    # covers all client traffic since then, not only the probes' own fraction of a second.
+    before = rt.snapshots.get((model, rollout_id))
+    if before is not None:
+        started = datetime.fromtimestamp(before.taken_at, UTC)
+    else:
+        try:
+            before = scrape(rt.metrics_url)
+        except Exception as exc:
+            report.errors.append(f"metrics: {exc}")
     # The first window of a rollout covers the whole golden set (quality on the same inputs for
     # both); later ones rotate through slices of it, for latency and agreement samples.
     seen = rt.store.probe_windows(model, candidate.version, role="candidate", rollout_id=rollout_id)
-    inputs = golden.inputs if not seen else _slice(golden.inputs, len(seen), policy.probe_rows)
+    measured = any(w.quality is not None for w in seen)  # until then, every window tries the whole set
+    inputs = golden.inputs if not measured else _slice(golden.inputs, len(seen), policy.probe_rows)
     runs = send_paired_probes(
         rt.grpc_url,
         model,
@@ -361,10 +371,11 @@ def probe_canary(rt: Runtime, candidate: VersionRecord, report: TickReport) -> N
         try:
             after = scrape(rt.metrics_url)
             server = window(before, after)
+            rt.snapshots[(model, rollout_id)] = after
         except Exception as exc:
             report.errors.append(f"metrics: {exc}")
     cand_run, stable_run = runs[str(candidate.version)], runs[str(stable.version)]
-    whole = not seen
+    whole = not measured
     cand_q = golden_sets.score(golden, cand_run.outputs) if whole and cand_run.outputs is not None else {}
     stable_q = golden_sets.score(golden, stable_run.outputs) if whole and stable_run.outputs is not None else {}
     agree = None

@@ -17,6 +17,7 @@ from builders.repository import ModelRepository
 from control_plane.settings import Settings
 from control_plane.store.store import Store
 from control_plane.triton_admin import TritonAdmin
+from probes.metrics import Snapshot
 
 
 def utc_now() -> datetime:
@@ -31,6 +32,9 @@ class Runtime:
     repo: ModelRepository
     now: Callable[[], datetime] = utc_now
     lock: threading.RLock = field(default_factory=threading.RLock)  # jobs never run over each other
+    # The metrics snapshot each canary's last probe window ended with, keyed by (model, rollout id).
+    # Lost on restart, which only makes the next window start later: nothing depends on it.
+    snapshots: dict[tuple[str, int], Snapshot] = field(default_factory=dict)
 
     @property
     def grpc_url(self) -> str:

@@ -16,6 +16,7 @@ from control_plane.local_triton import LocalTriton
 from control_plane.runtime import Runtime, open_runtime
 from control_plane.settings import load_settings
 from control_plane.store.models import State
+from probes.load import LoadGenerator
 from tests.classifier_models import golden_set, publish
 
 pytestmark = pytest.mark.triton
@@ -165,3 +166,31 @@ def test_version_failing_requests_never_serves_clients(rt: Runtime, repo: ModelR
     assert "error" in decision.reason.lower() or "fail" in decision.reason.lower()
     errors = next(c for c in decision.checks["checks"] if c["name"] == "errors")
     assert errors["status"] == "fail" and errors["figures"]["errors"] > 0
+
+
+def test_canary_failing_live_requests_is_rolled_back(
+    repo: ModelRepository, triton: LocalTriton, tmp_path: Path
+) -> None:
+    """Errors only client traffic meets (no golden row triggers them) still roll the canary back."""
+    rt = make_runtime(repo, triton, tmp_path, policy=FAST_POLICY.replace("probe_batch_size: 8", "probe_batch_size: 4"))
+    try:
+        stable = establish_stable(rt, repo, tmp_path)
+        x, _ = golden_set()
+        ceiling = float(x[:, 0].max())
+        failing = publish(repo, tmp_path / "build", "clf", "failing", failing_threshold=ceiling + 1.0)
+        tick_until(rt, lambda: state_of(rt, "clf", failing) == State.canary)  # golden probes all pass
+        good, bad = x[:8].copy(), x[:8].copy()
+        bad[0, 0] = ceiling + 5.0  # a new category the table does not have
+        url = triton.state.grpc_url
+        with (
+            LoadGenerator(url, "clf", {"x": good}, concurrency=1, pause_s=0.01, max_seconds=120) as clients,
+            LoadGenerator(url, "clf", {"x": bad}, concurrency=1, pause_s=0.25, max_seconds=120) as unlucky,
+        ):
+            tick_until(rt, lambda: state_of(rt, "clf", failing) == State.rolled_back, timeout=100)
+            share = unlucky.report().failures / max(1, clients.report().requests + unlucky.report().requests)
+        assert ready(rt, "clf") == {stable}
+        decision = rt.store.decisions("clf", failing)[-1]
+        errors = next(c for c in decision.checks["checks"] if c["name"] == "errors")
+        assert errors["status"] == "fail", (decision.reason, share)
+    finally:
+        rt.close()

@@ -7,7 +7,8 @@ unchanged here and in NVIDIA's container, where the native `libtriton_onnxruntim
 folder wins by Triton's own lookup order.
 
 Requests that arrive together (dynamic batching) are concatenated along the batch axis and run as
-one session call, as the native backend does, then split back per request.
+one session call, as the native backend does, then split back per request; a failing call fails
+the batch and is counted by Triton as failed requests, as natively.
 """
 
 from __future__ import annotations
@@ -68,29 +69,27 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        """Run the requests Triton batched together; a failure fails the batch, as natively.
+
+        The native onnxruntime backend fails every request of a batch whose session call fails,
+        and Triton counts them in `nv_inference_request_failure`. A Python model that returned
+        error responses instead would have them counted as successes, hiding a failing version
+        from the metrics the control plane judges; so a failure is raised.
+        """
         responses: list[Any] = [None] * len(requests)
-        parsed: list[tuple[int, dict[str, np.ndarray]]] = []
-        for index, request in enumerate(requests):
-            try:
-                parsed.append((index, self._feeds(request)))
-            except Exception as exc:  # one bad request must not fail the others
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+        parsed = [(index, self._feeds(request)) for index, request in enumerate(requests)]
         for group in self._groups(parsed):
-            try:
-                if len(group) == 1:
-                    index, feeds = group[0]
-                    responses[index] = self._response(self._run(feeds))
-                    continue
-                merged = {name: np.concatenate([f[name] for _, f in group]) for name, _ in self.inputs}
-                outputs = self._run(merged)
-                offset = 0
-                for index, feeds in group:
-                    size = feeds[self.inputs[0][0]].shape[0]
-                    responses[index] = self._response([o[offset : offset + size] for o in outputs])
-                    offset += size
-            except Exception as exc:
-                for index, _ in group:
-                    responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+            if len(group) == 1:
+                index, feeds = group[0]
+                responses[index] = self._response(self._run(feeds))
+                continue
+            merged = {name: np.concatenate([f[name] for _, f in group]) for name, _ in self.inputs}
+            outputs = self._run(merged)
+            offset = 0
+            for index, feeds in group:
+                size = feeds[self.inputs[0][0]].shape[0]
+                responses[index] = self._response([o[offset : offset + size] for o in outputs])
+                offset += size
         return responses
 
     def _groups(self, parsed: list[tuple[int, dict[str, np.ndarray]]]) -> list[list[tuple[int, dict]]]:
