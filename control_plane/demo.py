@@ -4,8 +4,8 @@ What it shows, with real parts only: the three example models are built and veri
 repository; the real local Triton serves them; the scheduled control plane (APScheduler, SQLite,
 the policy defaults of shepherd.yaml) promotes their first versions on preflight, then a retrained
 `query_intent` (promoted), a larger and slower one and one trained on damaged labels (each
-unloaded, with the reason), while a light stream of client requests naming no version runs
-throughout. Everything printed is read back from the history database and from Triton.
+unloaded, with the reason), while a light stream of clients sends raw query text to the
+`query_intent_text` ensemble throughout. Everything printed is read back from the history database and from Triton.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from builders.examples import INTENT, build_examples, build_variant
-from builders.golden_inputs import golden_inputs
+from builders.golden_data import read_intents
 from builders.pipeline import BuildResult, StepResult
 from builders.repository import ModelRepository
 from control_plane import reconciler, scheduler
@@ -54,6 +56,12 @@ def _progress(model: str) -> Callable[[str, StepResult | None], None]:
             )
 
     return show
+
+
+def _client_queries(rows: int = 4) -> np.ndarray:
+    """A few real queries from the golden set, as the BYTES tensor [rows, 1] the ensemble takes."""
+    queries = [query for query, _ in read_intents()[:rows]]
+    return np.array([[q.encode()] for q in queries], dtype=object)
 
 
 def _built(results: list[BuildResult]) -> None:
@@ -107,11 +115,15 @@ def run_demo(workdir: Path, *, config: Path | None = None, timeout: float = 600.
                     continue
                 state = _wait_for(rt, model, 1, FINAL, timeout)
                 console.print(f"{model} v1: {state.value} (first version, judged on its preflight)")
-            while not rt.admin.ready_versions(INTENT):  # promoted in SQL first, then loaded: wait for Triton
+            while not rt.admin.ready_versions(f"{INTENT}_text"):  # promoted in SQL first, then loaded
                 time.sleep(0.2)
-            traffic_inputs = golden_inputs(repo, INTENT, 1, limit=4).inputs
             with LoadGenerator(
-                triton.state.grpc_url, INTENT, traffic_inputs, concurrency=1, pause_s=0.1, max_seconds=timeout * 3
+                triton.state.grpc_url,
+                f"{INTENT}_text",  # what clients call: raw query text through the tokenizer ensemble
+                {"text": _client_queries()},
+                concurrency=1,
+                pause_s=0.1,
+                max_seconds=timeout * 3,
             ) as clients:
                 outcomes = []
                 for step in ROLLOUTS:
