@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,6 +51,20 @@ def _actor(actor: str | None) -> str:
         return os.environ.get("USER", "unknown")
 
 
+def _act(
+    action: Callable[[Runtime], reconciler.TickReport],
+    connection: tuple[Path | None, Path | None, str | None, str | None, str | None],
+    as_json: bool,
+) -> None:
+    """Open the runtime, run one action, close it, and print what the action did."""
+    rt = _runtime(*connection)
+    try:
+        report = action(rt)
+    finally:
+        rt.close()
+    _show(report, as_json)
+
+
 def _show(report: reconciler.TickReport, as_json: bool) -> None:
     if as_json:
         print_json({"actions": report.actions, "errors": report.errors})
@@ -79,12 +94,7 @@ def tick(
     as_json: Json = False,
 ) -> None:
     """Run one full cycle (reconcile, probe, judge) and exit: for cron and Kubernetes CronJobs."""
-    rt = _runtime(config, repo, triton_grpc, triton_metrics, db)
-    try:
-        report = reconciler.tick(rt)
-    finally:
-        rt.close()
-    _show(report, as_json)
+    _act(reconciler.tick, (config, repo, triton_grpc, triton_metrics, db), as_json)
 
 
 def run(
@@ -122,12 +132,11 @@ def promote(
     as_json: Json = False,
 ) -> None:
     """Make VERSION the stable version of MODEL now."""
-    rt = _runtime(config, repo, triton_grpc, triton_metrics, db)
-    try:
-        report = manual.manual_promote(rt, model, version, actor=_actor(actor), reason=reason)
-    finally:
-        rt.close()
-    _show(report, as_json)
+    _act(
+        lambda rt: manual.manual_promote(rt, model, version, actor=_actor(actor), reason=reason),
+        (config, repo, triton_grpc, triton_metrics, db),
+        as_json,
+    )
 
 
 def rollback(
@@ -143,12 +152,11 @@ def rollback(
     as_json: Json = False,
 ) -> None:
     """Unload VERSION of MODEL and never load it again automatically."""
-    rt = _runtime(config, repo, triton_grpc, triton_metrics, db)
-    try:
-        report = manual.manual_rollback(rt, model, version, actor=_actor(actor), reason=reason)
-    finally:
-        rt.close()
-    _show(report, as_json)
+    _act(
+        lambda rt: manual.manual_rollback(rt, model, version, actor=_actor(actor), reason=reason),
+        (config, repo, triton_grpc, triton_metrics, db),
+        as_json,
+    )
 
 
 def pin(
@@ -167,9 +175,8 @@ def pin(
     """Serve only VERSION of MODEL and pause its rollouts (`--clear` resumes)."""
     if version is None and not clear:
         raise typer.BadParameter("give a VERSION, or --clear to remove the pin")
-    rt = _runtime(config, repo, triton_grpc, triton_metrics, db)
-    try:
-        report = manual.manual_pin(rt, model, None if clear else version, actor=_actor(actor), reason=reason)
-    finally:
-        rt.close()
-    _show(report, as_json)
+    _act(
+        lambda rt: manual.manual_pin(rt, model, None if clear else version, actor=_actor(actor), reason=reason),
+        (config, repo, triton_grpc, triton_metrics, db),
+        as_json,
+    )
