@@ -75,14 +75,21 @@ def test_versions_hot_load_infer_and_unload(repo: ModelRepository, triton: Local
     tensor.set_data_from_numpy(np.full((3, 4), 3.0, np.float32))
     np.testing.assert_allclose(http.infer("scale", [tensor], model_version="2").as_numpy("y"), 6.0)
 
-    metrics = requests.get(state.metrics_url, timeout=5).text
-    success = {
-        (s.labels["model"], s.labels["version"]): s.value
-        for family in text_string_to_metric_families(metrics)
-        for s in family.samples
-        if family.name == "nv_inference_request_success"
-    }
+    def successes() -> dict[tuple[str, str], float]:
+        metrics = requests.get(state.metrics_url, timeout=5).text
+        return {
+            (s.labels["model"], s.labels["version"]): s.value
+            for family in text_string_to_metric_families(metrics)
+            for s in family.samples
+            if family.name == "nv_inference_request_success"
+        }
+
+    deadline = time.monotonic() + 5  # Triton counts a request when it is released, just after the response
+    while successes().get(("scale", "2")) != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    success = successes()
     assert success[("scale", "1")] == 2 and success[("scale", "2")] == 2
+    metrics = requests.get(state.metrics_url, timeout=5).text
     assert "nv_inference_request_summary_us" in metrics  # latency summaries are enabled
 
     load_versions(client, repo, "scale", [1])  # roll back: version 2 leaves, version 1 answers at once

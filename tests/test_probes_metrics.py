@@ -364,7 +364,10 @@ def test_real_counts_match_what_was_sent(live: tuple[LocalTriton, ModelRepositor
     assert "Nan" in requests.get(server.state.metrics_url, timeout=5).text
     for _ in range(7):
         infer(client, "counted", rows=3)
-    after = scrape(f"127.0.0.1:{server.ports.metrics}")  # host:port form
+    # Triton counts a request when it is released, just after the client has its response.
+    url = f"127.0.0.1:{server.ports.metrics}"  # host:port form
+    wait_for(lambda: scrape(url).versions[("counted", "1")].success == 7, timeout=5, what="7 successes counted")
+    after = scrape(url)
     counters = after.versions[("counted", "1")]
     assert counters.success == 7 and counters.inference_count == 21 and counters.exec_count == 7
     assert counters.failures == 0 and counters.request_us > 0 and counters.compute_infer_us > 0
@@ -387,6 +390,9 @@ def test_real_reload_resets_counters(live: tuple[LocalTriton, ModelRepository], 
     load_versions(client, repo, "reloaded", [1])
     for _ in range(4):
         infer(client, "reloaded")
+    wait_for(
+        lambda: scrape(server.state.metrics_url).versions[("reloaded", "1")].success == 4, timeout=5, what="4 counted"
+    )
     start = scrape(server.state.metrics_url)
     assert start.versions[("reloaded", "1")].success == 4
 
@@ -394,6 +400,9 @@ def test_real_reload_resets_counters(live: tuple[LocalTriton, ModelRepository], 
     wait_for(lambda: version_state(client, "reloaded", "1") == "UNAVAILABLE", what="reloaded v1 unloaded")
     load_versions(client, repo, "reloaded", [1])
     infer(client, "reloaded")
+    wait_for(
+        lambda: scrape(server.state.metrics_url).versions[("reloaded", "1")].success == 1, timeout=5, what="1 counted"
+    )
     stats = window(start, scrape(server.state.metrics_url))[("reloaded", "1")]
     assert stats.counter_reset, "the reloaded version's counters restart from zero"
     assert stats.requests == 1 and stats.failures == 0
