@@ -38,7 +38,6 @@ from probes.metrics import scrape, window
 
 log = logging.getLogger("shepherd.reconciler")
 
-ROLLABLE_KINDS = frozenset({"intent", "embedder", "ranker", "custom", "classifier"})
 SUPPORT_KINDS = frozenset({"tokenizer", "ensemble"})
 SYSTEM = "shepherd"
 PREFLIGHT_ROUNDS = 40  # bound on probe requests in one preflight
@@ -71,8 +70,9 @@ def model_kind(rt: Runtime, model: str) -> str | None:
 def discover(rt: Runtime, model: str, kind: str, report: TickReport) -> None:
     """Record every version folder with a readable manifest; a broken one is reported, not recorded."""
     rt.store.ensure_model(model, kind=kind)
+    known = {record.version for record in rt.store.versions(model=model)}
     for version in rt.repo.versions(model):
-        if rt.store.get_version(model, version) is not None:
+        if version in known:
             continue
         try:
             manifest = rt.repo.read_manifest(model, version)
@@ -153,9 +153,9 @@ def _failed_candidate(rt: Runtime, model: str, wanted: set[int]) -> int | None:
 
 def ensure_support_models(rt: Runtime, model: str, support: list[str], report: TickReport) -> None:
     """Load the tokenizer and ensemble of a text model once the model itself serves."""
-    if not rt.admin.ready_versions(model):
-        return
     index = rt.admin.index()
+    if not rt.admin.ready_versions(model, index):
+        return
     for name in support:
         if not name.startswith(f"{model}_") or rt.admin.ready_versions(name, index):
             continue
@@ -451,7 +451,6 @@ def reconcile(rt: Runtime, report: TickReport | None = None) -> TickReport:
     """Discover versions, converge what Triton serves, and move each model's next candidate along."""
     report = report or TickReport()
     with rt.lock:
-        rt.repo.remove_leftover_staging()
         sweep_preflight_aliases(rt, report)
         support: list[str] = []
         rollable: list[tuple[str, str]] = []
@@ -476,11 +475,17 @@ def _reconcile_model(rt: Runtime, model: str, kind: str, report: TickReport) -> 
     converge(rt, model, report)
     if rt.store.pinned(model) is not None:
         return
+    acted = len(report.actions)
     for record in rt.store.versions(model=model, states=[State.preflight]):
         run_preflight(rt, record, report)
-    if rt.store.versions(model=model, states=[State.preflight, State.canary]):
+    if not rt.store.versions(model=model, states=[State.preflight, State.canary]):
+        _next_candidate(rt, model, report)
+    if len(report.actions) > acted:  # a transition changed what should serve
         converge(rt, model, report)
-        return
+
+
+def _next_candidate(rt: Runtime, model: str, report: TickReport) -> None:
+    """Start the preflight of the oldest discovered version newer than the stable one."""
     waiting = rt.store.versions(model=model, states=[State.discovered])
     if waiting:
         nxt = min(waiting, key=lambda r: r.version)
@@ -491,7 +496,6 @@ def _reconcile_model(rt: Runtime, model: str, kind: str, report: TickReport) -> 
             return
         begin_preflight(rt, model, nxt.version, report)
         run_preflight(rt, rt.store.get_version(model, nxt.version) or nxt, report)
-    converge(rt, model, report)
 
 
 def _each_canary(rt: Runtime, report: TickReport | None, step: Callable[[VersionRecord], object]) -> TickReport:

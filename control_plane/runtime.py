@@ -52,10 +52,13 @@ class Runtime:
 
 def open_runtime(settings: Settings, *, now: Callable[[], datetime] = utc_now) -> Runtime:
     store = Store.open(settings.db_url, clock=now)
+    repo = ModelRepository(Path(settings.repo))
+    if repo.root.is_dir():
+        repo.remove_leftover_staging()  # what a crashed publisher left; a live one holds the lock
     return Runtime(
         settings=settings,
         store=store,
         admin=TritonAdmin(settings.triton_grpc),
-        repo=ModelRepository(Path(settings.repo)),
+        repo=repo,
         now=now,
     )

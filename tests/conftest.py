@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -16,6 +17,7 @@ from sqlalchemy.engine import make_url
 from builders.manifest import Manifest
 from builders.repository import ModelRepository, parse_config
 from control_plane.local_triton import LocalTriton
+from control_plane.triton_admin import override_json
 
 POSTGRES_URL = os.environ.get("SHEPHERD_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -42,6 +44,11 @@ def scale_model(path: Path, factor: float) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def load_versions(client: Any, repo: ModelRepository, name: str, versions: list[int]) -> None:
+    """Load exactly `versions` of `name`, with the override the control plane itself sends."""
+    client.load_model(name, config=override_json(repo.read_config(name), versions))
 
 
 def publish_scale(repo: ModelRepository, tmp_path: Path, name: str, factor: float) -> int:

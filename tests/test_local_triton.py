@@ -14,45 +14,22 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
 
 from builders.repository import ModelRepository
 from control_plane import local_triton
 from control_plane.errors import PortInUse, RepositoryMissing, TritonBinaryMissing, TritonStartFailed
 from control_plane.local_triton import LocalTriton, Ports, free_ports, group_processes
-from tests.conftest import publish_scale
+from control_plane.triton_admin import TritonAdmin
+from tests.conftest import load_versions, publish_scale
 
 pytestmark = pytest.mark.triton
-
-
-def load_versions(
-    client: grpcclient.InferenceServerClient, repo: ModelRepository, name: str, versions: list[int]
-) -> None:
-    """Load exactly `versions` with a version-policy override built from the parsed config.pbtxt."""
-    config = repo.read_config(name)
-    config.version_policy.specific.versions[:] = versions
-    client.load_model(name, config=json.dumps(json_format.MessageToDict(config)))
 
 
 def infer_grpc(client: grpcclient.InferenceServerClient, name: str, version: str = "") -> np.ndarray:
     tensor = grpcclient.InferInput("x", [2, 4], "FP32")
     tensor.set_data_from_numpy(np.ones((2, 4), np.float32))
     return client.infer(name, [tensor], model_version=version).as_numpy("y")
-
-
-def wait_unavailable(client: grpcclient.InferenceServerClient, name: str, version: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = {
-            e["version"]: e.get("state")
-            for e in client.get_model_repository_index(as_json=True)["models"]
-            if e["name"] == name
-        }
-        if states.get(version) != "READY" and states.get(version) != "UNLOADING":
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{name} version {version} still loaded after {timeout} s")
 
 
 def test_versions_hot_load_infer_and_unload(repo: ModelRepository, triton: LocalTriton, tmp_path: Path) -> None:
@@ -94,12 +71,12 @@ def test_versions_hot_load_infer_and_unload(repo: ModelRepository, triton: Local
 
     load_versions(client, repo, "scale", [1])  # roll back: version 2 leaves, version 1 answers at once
     np.testing.assert_allclose(infer_grpc(client, "scale"), 1.0)
-    wait_unavailable(client, "scale", "2")
+    assert TritonAdmin(state.grpc_url).wait_gone("scale", [2]), "version 2 still loaded"
     index = {(e.model, e.version): e.state for e in local_triton.repository_index(state.http_url)}
     assert index[("scale", "1")] == "READY" and index.get(("scale", "2")) != "READY"
 
     client.unload_model("scale")
-    wait_unavailable(client, "scale", "1")
+    assert TritonAdmin(state.grpc_url).wait_gone("scale", [1]), "version 1 still loaded"
 
 
 def test_stop_leaves_no_process(repo: ModelRepository, tmp_path: Path) -> None:

@@ -12,8 +12,7 @@ from builders.repository import ModelRepository
 from control_plane.local_triton import LocalTriton, free_ports
 from probes.errors import ProbeFailed
 from probes.golden import ProbeRun, send_paired_probes, send_probe, triton_datatype
-from tests.conftest import publish_scale
-from tests.test_probes_metrics import load_versions
+from tests.conftest import load_versions, publish_scale
 
 ROWS = 20  # 3 requests of up to 8 rows
 GOLDEN = {"x": np.arange(ROWS * 4, dtype=np.float32).reshape(ROWS, 4)}

@@ -13,8 +13,8 @@ from builders.repository import ModelRepository
 from control_plane.local_triton import LocalTriton
 from probes.errors import ProbeFailed
 from probes.load import LoadGenerator
-from tests.conftest import publish_scale
-from tests.test_probes_metrics import load_versions, version_state, wait_for
+from tests.conftest import load_versions, publish_scale
+from tests.test_probes_metrics import version_state, wait_for
 
 BATCH = {"x": np.ones((2, 4), np.float32)}
 

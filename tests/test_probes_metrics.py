@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
-from google.protobuf import json_format
 
 from builders.repository import ModelRepository
 from control_plane.local_triton import LocalTriton, free_ports
 from probes.errors import BadWindow, MetricsMalformed, MetricsUnavailable, ProbeError
 from probes.metrics import metrics_url, parse_metrics, scrape, window
-from tests.conftest import publish_scale
+from tests.conftest import load_versions, publish_scale
 
 # Recorded from tritonserver 2.51 (nvidia-pytriton 0.7.0, CPU, summary_latencies=true) with
 # model "scale" version 1 loaded: before any request, and after 5 gRPC requests of 2 rows each.
@@ -311,15 +310,6 @@ def test_end_older_than_start_is_refused() -> None:
 
 
 # -- the real server ---------------------------------------------------------------------------
-
-
-def load_versions(
-    client: grpcclient.InferenceServerClient, repo: ModelRepository, name: str, versions: list[int]
-) -> None:
-    """Load exactly `versions` with a version-policy override built from the parsed config.pbtxt."""
-    config = repo.read_config(name)
-    config.version_policy.specific.versions[:] = versions
-    client.load_model(name, config=json.dumps(json_format.MessageToDict(config)))
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:

@@ -111,7 +111,7 @@ def run(
     rt = _runtime(config, repo, triton_grpc, triton_metrics, db)
     console.print(
         f"shepherd running: repository {rt.settings.repo}, Triton {rt.settings.triton_grpc}, "
-        f"history {rt.store.safe_url if hasattr(rt.store, 'safe_url') else ''}"
+        f"history {rt.store.safe_url}"
     )
     try:
         scheduler.run_forever(rt, max_seconds=max_seconds)
