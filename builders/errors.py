@@ -15,8 +15,10 @@ Each error carries the exit code the CLI returns for it.
 
 from __future__ import annotations
 
+from shepherd_errors import ShepherdError
 
-class BuilderError(Exception):
+
+class BuilderError(ShepherdError):
     exit_code = 1
 
 

@@ -20,8 +20,10 @@ Every error carries the process exit code the CLI returns for it, so scripts can
 
 from __future__ import annotations
 
+from shepherd_errors import ShepherdError
 
-class ControlPlaneError(Exception):
+
+class ControlPlaneError(ShepherdError):
     exit_code = 1
 
 

@@ -13,8 +13,10 @@ code the CLI returns for it.
 
 from __future__ import annotations
 
+from shepherd_errors import ShepherdError
 
-class ProbeError(Exception):
+
+class ProbeError(ShepherdError):
     exit_code = 50
 
 

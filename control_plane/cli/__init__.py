@@ -10,10 +10,9 @@ import sys
 
 import typer
 
-from builders.errors import BuilderError
 from control_plane.cli import build_cmd, demo_cmd, history_cmd, rollout_cmd, triton_cmd
 from control_plane.cli.output import error_console
-from control_plane.errors import ControlPlaneError
+from shepherd_errors import ShepherdError
 
 app = typer.Typer(
     name="shepherd",
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; shepherd errors become a one-line message and their exit code."""
     try:
         code = app(args=argv, standalone_mode=False)  # a typer.Exit(N) comes back as N here
-    except (ControlPlaneError, BuilderError) as exc:
+    except ShepherdError as exc:
         error_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return exc.exit_code
     except typer.Exit as exc:
