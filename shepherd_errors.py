@@ -7,7 +7,7 @@ its own package, so `builders` and `probes` stay free of the control plane:
     ShepherdError                       exit 1
     ├── BuilderError                    builders/errors.py      (exit codes 2, 30-34, 40-44)
     ├── ProbeError                      probes/errors.py        (exit codes 50-54)
-    └── ControlPlaneError               control_plane/errors.py (exit codes 10-17, 20-26)
+    └── ControlPlaneError               control_plane/errors.py (exit codes 10-18, 20-26)
 
 Foreign errors (tritonclient, SQLAlchemy, requests, onnx, torch) are translated into this tree at
 the boundary where they are caught, with `raise ... from exc`, so the cause stays in the traceback

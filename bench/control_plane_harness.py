@@ -60,7 +60,7 @@ def as_utc(moment: datetime) -> datetime:
 
 def transition_time(rt: Runtime, model: str, version: int, state: State) -> datetime | None:
     """When the store recorded `model` `version` entering `state` (the first time)."""
-    with rt.store.engine.connect() as conn:
+    with rt.store.db.engine.connect() as conn:
         row = conn.execute(
             select(TransitionRow.at)
             .join(VersionRow, VersionRow.id == TransitionRow.version_id)
@@ -74,12 +74,12 @@ def transition_time(rt: Runtime, model: str, version: int, state: State) -> date
 def _model_ids(rt: Runtime, model: str) -> list[int]:
     from control_plane.store.models import ModelRow
 
-    with rt.store.engine.connect() as conn:
+    with rt.store.db.engine.connect() as conn:
         return [r[0] for r in conn.execute(select(ModelRow.id).where(ModelRow.name == model))]
 
 
 def state_of(rt: Runtime, model: str, version: int) -> State | None:
-    record = rt.store.get_version(model, version)
+    record = rt.store.read.get_version(model, version)
     return State(record.state) if record is not None else None
 
 
@@ -99,7 +99,7 @@ class TickLoop:
             report = reconciler.tick(self.rt)
             stamp = time.time()
             self.actions += [(stamp, action) for action in report.actions]
-            self.errors += report.errors
+            self.errors += [str(error) for error in report.errors]
             if done():
                 return True
             time.sleep(max(0.0, self.interval - (time.monotonic() - began)))

@@ -77,7 +77,7 @@ def establish_stable(rt: Runtime, repo: Any, scratch: Path, model: str, loop: Ti
 
 
 def side_p95(rt: Runtime, model: str, version: int, role: str) -> tuple[float, int]:
-    samples = [s for w in rt.store.probe_windows(model, version, role=role) for s in (w.samples or [])]
+    samples = [s for w in rt.store.read.probe_windows(model, version, role=role) for s in (w.samples or [])]
     return percentile(samples, 95), len(samples)
 
 
@@ -114,7 +114,7 @@ def canary_run(scratch: Path, kind: str, *, heavy: int, timeout: float) -> dict[
             time.sleep(1.5)  # keep traffic and the watcher going a moment after the outcome
         reports: list[LoadReport] = [load.stop() for load in loads]
         final = state_of(rt, model, candidate)
-        record = rt.store.get_version(model, candidate)
+        record = rt.store.read.get_version(model, candidate)
         canary_at = transition_time(rt, model, candidate, State.canary)
         decided_at = transition_time(rt, model, candidate, State.rolled_back) or transition_time(
             rt, model, candidate, State.promoted
@@ -154,7 +154,7 @@ def canary_run(scratch: Path, kind: str, *, heavy: int, timeout: float) -> dict[
                 result["client_first_stable_after_decision_s"] = (first_stable - decision) if first_stable else None
         cand_p95, cand_n = side_p95(rt, model, candidate, "candidate")
         stable_p95, stable_n = side_p95(rt, model, stable, "stable")
-        decisions = rt.store.decisions(model, candidate)
+        decisions = rt.store.read.decisions(model, candidate)
         result["last_decision"] = f"{decisions[-1].outcome}: {decisions[-1].reason}" if decisions else None
         checks = decisions[-1].checks.get("checks", []) if decisions else []
         latency: dict[str, Any] = next((c.get("figures", {}) for c in checks if c.get("name") == "latency"), {})

@@ -28,10 +28,12 @@ from bench.common import Spread, table, write_result
 from bench.control_plane_harness import SETTINGS_FILE
 from builders.repository import ModelRepository
 from control_plane import reconciler
+from control_plane.judging import PROMOTE, Verdict
 from control_plane.local_triton import LocalTriton, group_processes
 from control_plane.runtime import Runtime, open_runtime
 from control_plane.settings import load_settings
 from control_plane.store.models import State
+from control_plane.world import read_world
 from tests.classifier_models import publish
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -66,9 +68,10 @@ def seed(rt: Runtime, models: list[str]) -> float:
     began = time.monotonic()
     for model in models:
         report = reconciler.TickReport()
-        reconciler.discover(rt, model, "classifier", report)
-        rt.store.transition(model, 1, State.preflight, reason="benchmark set-up")
-        reconciler.promote(rt, model, 1, reason="benchmark set-up: preflight skipped", report=report)
+        reconciler.discover(rt, report, read_world(rt), model)
+        rt.store.lifecycle.transition(model, 1, State.preflight, reason="benchmark set-up")
+        verdict = Verdict(PROMOTE, "benchmark set-up: preflight skipped")
+        reconciler.promote(rt, report, model, 1, verdict=verdict)
         if report.errors:
             raise SystemExit(f"promoting {model} failed: {report.errors}")
     return time.monotonic() - began
@@ -80,7 +83,7 @@ def measure(rt: Runtime, ticks: int) -> dict[str, Any]:
     def count(*_args: Any) -> None:
         statements[0] += 1
 
-    event.listen(rt.store.engine, "before_cursor_execute", count)
+    event.listen(rt.store.db.engine, "before_cursor_execute", count)
     for _ in range(2):  # warm-up: caches, connection pool
         reconciler.tick(rt)
     cpu, wall, actions, per_tick = [], [], 0, []
@@ -92,7 +95,7 @@ def measure(rt: Runtime, ticks: int) -> dict[str, Any]:
         wall.append((time.perf_counter() - w0) * 1000.0)
         actions += len(report.actions)
         per_tick.append(statements[0] - before)
-    event.remove(rt.store.engine, "before_cursor_execute", count)
+    event.remove(rt.store.db.engine, "before_cursor_execute", count)
     parts: dict[str, Spread] = {}
     for name, part in (("reconcile", reconciler.reconcile), ("probe", reconciler.probe), ("judge", reconciler.judge)):
         spent = []

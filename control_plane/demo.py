@@ -23,12 +23,14 @@ from builders.examples import INTENT, build_examples, build_variant
 from builders.golden_data import read_intents
 from builders.pipeline import BuildResult, StepResult
 from builders.repository import ModelRepository
-from control_plane import reconciler, scheduler
+from control_plane import scheduler
+from control_plane.audit import history_mismatches
 from control_plane.cli.output import console, print_table
 from control_plane.local_triton import LocalTriton, Ports, free_ports, port_is_free
 from control_plane.runtime import Runtime, open_runtime
 from control_plane.settings import load_settings
 from control_plane.store.models import State
+from control_plane.world import SUPPORT_KINDS, model_kind
 from probes.load import LoadGenerator
 
 FINAL = {State.promoted, State.rolled_back, State.rejected, State.failed}
@@ -74,11 +76,11 @@ def _built(results: list[BuildResult]) -> None:
 def _wait_for(rt: Runtime, model: str, version: int, states: set[State], timeout: float) -> State:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        record = rt.store.get_version(model, version)
+        record = rt.store.read.get_version(model, version)
         if record is not None and record.state in states:
             return State(record.state)
         time.sleep(0.5)
-    record = rt.store.get_version(model, version)
+    record = rt.store.read.get_version(model, version)
     raise SystemExit(f"{model} v{version} still {record.state if record else 'undiscovered'} after {timeout:.0f} s")
 
 
@@ -111,7 +113,7 @@ def run_demo(workdir: Path, *, config: Path | None = None, timeout: float = 600.
         jobs.start()
         try:
             for model in repo.models():
-                if reconciler.model_kind(rt, model) in reconciler.SUPPORT_KINDS:
+                if model_kind(rt.repo, model) in SUPPORT_KINDS:
                     continue
                 state = _wait_for(rt, model, 1, FINAL, timeout)
                 console.print(f"{model} v1: {state.value} (first version, judged on its preflight)")
@@ -132,7 +134,7 @@ def run_demo(workdir: Path, *, config: Path | None = None, timeout: float = 600.
                     _built([result])
                     assert result.version is not None
                     state = _wait_for(rt, INTENT, result.version, FINAL, timeout)
-                    record = rt.store.get_version(INTENT, result.version)
+                    record = rt.store.read.get_version(INTENT, result.version)
                     reason = record.reason if record else ""
                     console.print(f"{INTENT} v{result.version} ({step.variant}): [bold]{state.value}[/] - {reason}")
                     outcomes.append((step, result.version, state))
@@ -141,13 +143,18 @@ def run_demo(workdir: Path, *, config: Path | None = None, timeout: float = 600.
             jobs.shutdown(wait=True)
         console.rule("4. history (from SQLite)")
         _history(rt)
+        mismatches = history_mismatches(rt.store)
+        for problem in mismatches:
+            console.print(f"[red]history inconsistent:[/] {problem}", highlight=False)
+        if not mismatches:
+            console.print("history consistent: every version's last decision matches its state")
         console.print(
             f"client requests naming no version during the rollouts: {traffic.requests}, failed: {traffic.failures}"
         )
         for message in traffic.failure_messages:
             console.print(f"  a failed request said: {message}", highlight=False)
         rt.close()
-    good = all(state in step.expected for step, _, state in outcomes)
+    good = all(state in step.expected for step, _, state in outcomes) and not mismatches
     console.print(f"history database: {db_url}  (shepherd history --db {db_url})")
     console.print("every rollout ended as expected" if good else "[red]a rollout did not end as expected[/]")
     return good
@@ -161,7 +168,7 @@ def _first_clause(reason: str, limit: int = 90) -> str:
 
 def _history(rt: Runtime) -> None:
     rows: list[tuple[Any, ...]] = []
-    for entry in rt.store.history():
+    for entry in rt.store.read.history():
         decision = entry.get("last_decision") or {}
         rows.append(
             (

@@ -7,8 +7,9 @@
     │   ├── RepositoryMissing       --repo points nowhere
     │   ├── TritonStartFailed       the server died or never became ready
     │   ├── TritonNotRunning        stop/status found no server
-    │   ├── TritonUnreachable       a running server did not answer
-    │   └── TritonLoadFailed        Triton refused or failed a load (its reason is in the message)
+    │   ├── TritonUnreachable       no Triton answered at the address (refused, no route, wrong port)
+    │   ├── TritonLoadFailed        Triton refused or failed a load (its reason is in the message)
+    │   └── TritonUnloadFailed      Triton answered but refused an unload (its reason is in the message)
     ├── ConfigError                 shepherd.yaml or a command-line setting is wrong
     ├── StoreError                  the history database (unreachable, refused a write)
     │   └── InvalidTransition       a lifecycle move the rules do not allow
@@ -57,6 +58,12 @@ class TritonUnreachable(TritonError):
 
 class TritonLoadFailed(TritonError):
     exit_code = 17
+
+
+class TritonUnloadFailed(TritonError):
+    """Triton was reached and refused the unload; an unreachable Triton is TritonUnreachable instead."""
+
+    exit_code = 18
 
 
 class ConfigError(ControlPlaneError):

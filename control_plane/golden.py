@@ -88,3 +88,27 @@ def agreement(golden: Golden, candidate: dict[str, np.ndarray], stable: dict[str
         return None
     task = "intent" if golden.task == "classifier" else golden.task
     return float(quality.agreement(task, candidate[name], stable[name]))
+
+
+def rows(golden: Golden, round_number: int, count: int) -> dict[str, np.ndarray]:
+    """Rows [k*count, (k+1)*count) of the golden inputs, wrapping around, for probe round k.
+
+    Why slices that rotate: later probe windows are for latency and agreement samples, and
+    rotating spreads them over the whole golden set instead of timing the same rows again.
+    """
+    total = golden.rows
+    if count >= total:
+        return golden.inputs
+    start = (round_number * count) % total
+    index = [(start + i) % total for i in range(count)]
+    return {name: array[index] for name, array in golden.inputs.items()}
+
+
+def quality_inputs(golden: Golden) -> dict[str, np.ndarray]:
+    """The rows quality is measured on: always the whole golden set, the same rows for candidate and stable.
+
+    Why not a tunable share: the golden metrics are defined over the whole set (recall@10 of an
+    embedder ranks every query against the whole corpus of the set; AUC needs both classes), so a
+    subset would measure another figure than the build's manifest recorded.
+    """
+    return golden.inputs

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,6 @@ from control_plane.policy import Policy
 
 PASS, FAIL, INSUFFICIENT = "pass", "fail", "insufficient"
 PROMOTE, ROLLBACK, WAIT, REJECT = "promote", "rollback", "wait", "reject"
-TAIL_SHARE = 0.05  # the share of samples above a p95
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def latency_ceiling_check(candidate: Evidence, policy: Policy) -> Check | None:
         )
     above = sum(1 for x in samples if x > ceiling)
     p95 = _pct(samples, 95)
-    test = stats.binomtest(above, len(samples), TAIL_SHARE, alternative="greater")
+    test = stats.binomtest(above, len(samples), policy.tail_share, alternative="greater")
     figures.update({"p95_ms": p95, "above": above, "statistic": above / len(samples), "p_value": float(test.pvalue)})
     summary = f"p95 {p95:.1f} ms vs ceiling {ceiling:g} ms ({above}/{len(samples)} above, p={test.pvalue:.2g})"
     if p95 <= ceiling:
@@ -312,13 +312,15 @@ def _messages(checks: Sequence[Check], status: str) -> str:
     return "; ".join(c.message for c in checks if c.status == status)
 
 
-def judge_canary(candidate: Evidence, stable: Evidence, policy: Policy, *, baked_seconds: float) -> Verdict:
-    """Compare a canary with the stable version over the same period.
+def decide_canary(
+    candidate: Evidence, stable: Evidence, policy: Policy, *, baked_seconds: float, now: datetime
+) -> Verdict:
+    """The final decision on a canary, compared with the stable version over the same period.
 
-    Any decisive failure rolls back at once (no waiting for the bake time); promotion needs every
-    check to pass and `baked_seconds >= policy.bake_seconds`; anything undecided waits, and a
-    canary still undecided after `policy.max_canary_seconds` is rolled back (it must not keep
-    taking traffic on no evidence).
+    Any decisive failure rolls back at once (no waiting for the bake time or a promotion window);
+    promotion needs every check to pass, `baked_seconds >= policy.bake_seconds` and an open
+    promotion window at `now`; anything undecided waits, and a canary still undecided after
+    `policy.max_canary_seconds` is rolled back (it must not keep taking traffic on no evidence).
     """
     checks = tuple(
         c
@@ -345,15 +347,24 @@ def judge_canary(candidate: Evidence, stable: Evidence, policy: Policy, *, baked
     passed = _messages(checks, PASS)
     if baked_seconds < policy.bake_seconds:
         return Verdict(WAIT, f"passing; baking {baked_seconds:.0f}/{policy.bake_seconds:g} s: {passed}", checks)
+    if not policy.window_open(now):
+        return Verdict(WAIT, f"passed; outside the promotion window: {passed}", checks)
     return Verdict(PROMOTE, f"passed after {baked_seconds:.0f} s: {passed}", checks)
 
 
-def judge_preflight(candidate: Evidence, policy: Policy, *, stable_quality: float | None) -> Verdict:
-    """Judge a version alone on its golden set: it must answer, meet its floor and ceiling, not lose quality.
+def decide_preflight(
+    candidate: Evidence | None, policy: Policy, *, stable_quality: float | None, earlier_attempts: int
+) -> Verdict:
+    """The final decision on a version probed alone under its preflight alias.
 
+    It must answer, meet its floor and ceiling, and not lose quality against the stable version.
     'promote' means it passed (the reconciler makes a first version stable, or starts a canary);
-    'reject' on any decisive failure; 'wait' when there is not enough evidence yet.
+    'reject' on any decisive failure, when there is no golden set to probe it with (`candidate`
+    is None), or when this attempt is undecided and `earlier_attempts` undecided ones came before
+    it (`policy.preflight_attempts` in all); 'wait' when it is probed again on the next pass.
     """
+    if candidate is None:
+        return Verdict(REJECT, "no golden set to probe it with", ())
     samples = len(candidate.latencies_ms)
     answered = Check(
         "latency",
@@ -379,5 +390,9 @@ def judge_preflight(candidate: Evidence, policy: Policy, *, stable_quality: floa
     if any(c.status == FAIL for c in checks):
         return Verdict(REJECT, _messages(checks, FAIL), checks)
     if any(c.status == INSUFFICIENT for c in checks):
-        return Verdict(WAIT, f"not enough evidence yet: {_messages(checks, INSUFFICIENT)}", checks)
+        undecided = _messages(checks, INSUFFICIENT)
+        attempts = earlier_attempts + 1
+        if attempts >= policy.preflight_attempts:
+            return Verdict(REJECT, f"no decision after {attempts} preflight attempts: {undecided}", checks)
+        return Verdict(WAIT, f"not enough evidence yet: {undecided}", checks)
     return Verdict(PROMOTE, f"preflight passed: {_messages(checks, PASS)}", checks)

@@ -181,6 +181,18 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log written)"
 
 
+def _start_failed(what: str, log_file: Path) -> TritonStartFailed:
+    """One line that says what happened, quotes the log's last error line and names the log; its tail below."""
+    tail = _tail(log_file)
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    # Triton logs errors glog-style ("E1127 09:14:02.123 ..."); otherwise the last line says the most.
+    errors = [line for line in lines if (line[:1] == "E" and line[1:5].isdigit()) or "error" in line.lower()]
+    last = (errors or lines or ["(empty log)"])[-1]
+    return TritonStartFailed(
+        f"{what}: {last} (log: {log_file})" + (f"\nlast lines of the log:\n{tail}" if lines else "")
+    )
+
+
 def _is_ready(http_port: int, timeout: float = 1.0) -> bool:
     try:
         return requests.get(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=timeout).ok
@@ -209,9 +221,13 @@ def start(
     existing = _read_state(state_dir)
     if existing and _alive(existing.pid):
         raise PortInUse(f"a tritonserver started by shepherd already runs from {state_dir} (pid {existing.pid})")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    backends = assemble_backends(installation, state_dir / "backends")
     log_file = Path(log_file or state_dir / "tritonserver.log").resolve()
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        backends = assemble_backends(installation, state_dir / "backends")
+        log = open(log_file, "ab")  # noqa: SIM115 - closed below, once the server holds its own copy
+    except OSError as exc:
+        raise TritonStartFailed(f"cannot prepare the server's files in {state_dir}: {exc}") from exc
     command = [
         str(installation.binary),
         f"--model-repository={repo}",
@@ -226,15 +242,18 @@ def start(
         "--exit-timeout-secs=10",
         *extra_args,
     ]
-    with open(log_file, "ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=_server_env(installation),
-            start_new_session=True,  # its own process group: stop() ends the stubs too
-        )
+    with log:
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_server_env(installation),
+                start_new_session=True,  # its own process group: stop() ends the stubs too
+            )
+        except OSError as exc:
+            raise TritonStartFailed(f"cannot run {installation.binary}: {exc}") from exc
     state = ServerState(
         pid=process.pid,
         repo=str(repo),
@@ -249,17 +268,12 @@ def start(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             _forget(state_dir)
-            raise TritonStartFailed(
-                f"tritonserver exited with code {process.returncode} during start; last lines of "
-                f"{log_file}:\n{_tail(log_file)}"
-            )
+            raise _start_failed(f"tritonserver exited with code {process.returncode} during start", log_file)
         if _is_ready(ports.http):
             return state
         time.sleep(0.2)
     _terminate(state)
-    raise TritonStartFailed(
-        f"tritonserver not ready after {timeout:.0f} s; last lines of {log_file}:\n{_tail(log_file)}"
-    )
+    raise _start_failed(f"tritonserver not ready after {timeout:.0f} s", log_file)
 
 
 def _read_state(state_dir: Path) -> ServerState | None:
@@ -349,15 +363,21 @@ def repository_index(http_url: str, timeout: float = 5.0) -> list[LoadedVersion]
         response.raise_for_status()
     except requests.RequestException as exc:
         raise TritonUnreachable(f"Triton at {http_url} did not answer: {exc}") from exc
-    return [
-        LoadedVersion(
-            model=entry["name"],
-            version=str(entry.get("version", "")),
-            state=entry.get("state", ""),
-            reason=entry.get("reason", ""),
-        )
-        for entry in response.json()
-    ]
+    try:
+        return [
+            LoadedVersion(
+                model=entry["name"],
+                version=str(entry.get("version", "")),
+                state=entry.get("state", ""),
+                reason=entry.get("reason", ""),
+            )
+            for entry in response.json()
+        ]
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # not JSON, or not a list of models
+        raise TritonUnreachable(
+            f"{http_url} answered, but not with Triton's repository index ({type(exc).__name__}: {exc}): "
+            "is it Triton's HTTP port?"
+        ) from exc
 
 
 def status(*, http_port: int = 8000, state_dir: Path | None = None) -> tuple[ServerState | None, list[LoadedVersion]]:

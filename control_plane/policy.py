@@ -99,18 +99,42 @@ class Policy:
     promotion_windows: tuple[PromotionWindow, ...] = field(default_factory=tuple)
     p95_min_samples: int = 100
     max_canary_seconds: float | None = 600.0
+    # Limits of the probes and of Triton calls, here so that every number a decision depends on
+    # is stored beside it (docs/judging.md says how each is used).
+    tail_share: float = 0.05
+    preflight_requests: int = 40
+    preflight_rounds: int = 40
+    preflight_attempts: int = 5
+    probe_timeout_seconds: float = 10.0
+    unload_wait_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("bake_seconds", "drain_seconds", "max_latency_increase", "max_quality_drop"):
             _non_negative(name, float(getattr(self, name)))
         _positive("probe_interval_seconds", float(self.probe_interval_seconds))
-        for name in ("probe_rows", "probe_batch_size", "min_samples", "p95_min_samples"):
+        for name in (
+            "probe_rows",
+            "probe_batch_size",
+            "min_samples",
+            "p95_min_samples",
+            "preflight_requests",
+            "preflight_rounds",
+            "preflight_attempts",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
         if self.min_samples < 3:
             raise ConfigError(f"min_samples must be >= 3 (a rank test needs a few samples), got {self.min_samples}")
         _fraction("alpha", float(self.alpha), open_low=True)
+        _fraction("tail_share", float(self.tail_share), open_low=True)
+        for name in ("probe_timeout_seconds", "unload_wait_seconds"):
+            _positive(name, float(getattr(self, name)))
+        if self.preflight_requests < self.min_samples:
+            raise ConfigError(
+                f"preflight_requests ({self.preflight_requests}) must be >= min_samples ({self.min_samples}): "
+                "a preflight that stops short of min_samples can never be judged"
+            )
         _fraction("max_error_rate", float(self.max_error_rate))
         if self.latency_ceiling_ms is not None:
             _positive("latency_ceiling_ms", float(self.latency_ceiling_ms))

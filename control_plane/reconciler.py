@@ -1,13 +1,21 @@
-"""The decision path of the control plane, as a level-triggered reconciler.
+"""The decision path of the control plane, as a level-triggered reconciler. Read it top to bottom.
 
-Every pass reads the desired state (SQL) and the actual state (Triton's repository index) and
-converges, so a crash at any line is repaired by the next pass. Desired state is always written to
-SQL *before* Triton is touched: a version is marked rolled_back, then unloaded; marked canary, then
-loaded. A version's life:
+Every pass reads the world once (the repository, the SQL history, Triton's index: `world.py`),
+decides from it and acts, so a crash at any line is repaired by the next pass. Each lifecycle
+step is a short function that calls the three parts of the story:
+
+    observe  (observe.py)   probes and metric windows, stored as evidence
+    decide   (judging.py)   a pure function returning the final decision
+    act      (events.enter) records the decision and the state change, acts on Triton, logs, alerts
+
+Desired state is always written to SQL *before* Triton is touched: a version is marked
+rolled_back, then unloaded; marked canary, then loaded. Serving (`serving.py`) only reports what
+Triton could not load; deciding what that means is done here. A version's life:
 
     discovered -> preflight -> canary -> promoted
-                     |           |-> rolled_back
-                     |-> rejected / failed (Triton could not load it)
+         |            |           |-> rolled_back   (unloaded, verified gone, alert, never reloaded automatically)
+         |            |-> rejected | failed (Triton could not load it; the stable version keeps serving)
+         |-> rejected (older than the stable version)
 
 The first version of a model has no stable version to compare with and is promoted on its
 preflight alone. Supporting models (tokenizers, ensembles) are loaded once their model serves.
@@ -15,521 +23,34 @@ preflight alone. Supporting models (tokenizers, ensembles) are loaded once their
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
 
 from builders.errors import BuilderError
-from builders.manifest import Manifest
 from builders.repository import PREFLIGHT_SUFFIX
 from control_plane import golden as golden_sets
-from control_plane.errors import TritonLoadFailed, TritonUnreachable
-from control_plane.events import announce
-from control_plane.evidence import evidence_for_rollout, evidence_from_windows, probe_figures
-from control_plane.judging import Verdict, judge_canary, judge_preflight
+from control_plane import observe, serving
+from control_plane.errors import StoreError, TritonError, TritonLoadFailed, TritonUnreachable
+from control_plane.events import enter
+from control_plane.judging import FAIL, PROMOTE, REJECT, ROLLBACK, WAIT, Verdict, decide_canary, decide_preflight
+from control_plane.report import TickReport
 from control_plane.runtime import Runtime
+from control_plane.store.lifecycle import SYSTEM_ACTOR
 from control_plane.store.models import State
-from control_plane.store.records import VersionRecord
-from probes.golden import ProbeRun, send_paired_probes, send_probe
-from probes.metrics import scrape, window
+from control_plane.store.records import Decision, RolloutRecord, StoreSnapshot, VersionRecord
+from control_plane.world import World, desired_versions, manifest_dict, read_world, refreshed
+from shepherd_errors import ShepherdError
 
-log = logging.getLogger("shepherd.reconciler")
+__all__ = ["TickReport", "judge", "probe", "promote", "reconcile", "roll_back", "tick"]
 
-SUPPORT_KINDS = frozenset({"tokenizer", "ensemble"})
-SYSTEM = "shepherd"
-PREFLIGHT_ROUNDS = 40  # bound on probe requests in one preflight
-PREFLIGHT_ATTEMPTS = 5  # undecided preflights before a version is rejected
-
-
-@dataclass
-class TickReport:
-    """What one pass did, for `shepherd tick --json` and the tests."""
-
-    actions: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def add(self, action: str, model: str, version: int | None = None, **details: Any) -> None:
-        self.actions.append({"action": action, "model": model, "version": version, **details})
-        log.info("%s %s %s %s", action, model, version if version is not None else "", details or "")
+# Errors after which the rest of a pass cannot go on: Triton or the history is gone.
+FATAL = (TritonUnreachable, StoreError)
+T = TypeVar("T")
 
 
-# -- observing --------------------------------------------------------------------------------
-def model_kind(rt: Runtime, model: str) -> str | None:
-    """The kind recorded in the newest readable manifest of `model` (None if it has none)."""
-    for version in reversed(rt.repo.versions(model)):
-        try:
-            return rt.repo.read_manifest(model, version).kind
-        except BuilderError:
-            continue
-    return None
-
-
-def discover(rt: Runtime, model: str, kind: str, report: TickReport) -> None:
-    """Record every version folder with a readable manifest; a broken one is reported, not recorded."""
-    rt.store.ensure_model(model, kind=kind)
-    known = {record.version for record in rt.store.versions(model=model)}
-    for version in rt.repo.versions(model):
-        if version in known:
-            continue
-        try:
-            manifest = rt.repo.read_manifest(model, version)
-        except BuilderError as exc:
-            report.errors.append(str(exc))
-            continue
-        if rt.store.record_version(model, version, manifest=_manifest_dict(manifest), kind=kind):
-            report.add("discovered", model, version)
-
-
-def _manifest_dict(manifest: Manifest) -> dict[str, Any]:
-    import json
-
-    return dict(json.loads(manifest.to_json()))
-
-
-def desired_versions(rt: Runtime, model: str) -> set[int]:
-    """Versions that should serve under the model's own name right now."""
-    pinned = rt.store.pinned(model)
-    if pinned is not None:
-        return {pinned}
-    wanted: set[int] = set()
-    stable = rt.store.stable(model)
-    if stable is not None:
-        wanted.add(stable.version)
-    for record in rt.store.versions(model=model, states=[State.canary]):
-        wanted.add(record.version)
-    drain = timedelta(seconds=rt.settings.policy_for(model).drain_seconds)
-    for record in rt.store.versions(model=model, states=[State.promoted]):
-        if not record.is_stable and record.retired_at is not None and rt.now() - record.retired_at < drain:
-            wanted.add(record.version)  # the old stable drains in-flight requests
-    return wanted
-
-
-# -- converging -------------------------------------------------------------------------------
-def converge(rt: Runtime, model: str, report: TickReport, *, wait_unloads: bool = True) -> None:
-    """Make Triton serve exactly the desired versions of `model`; a version that fails to load is failed.
-
-    The load itself moves request routing atomically; `wait_unloads` then polls Triton's index
-    until the released versions are really gone (a rollback measures both moments).
-    """
-    for _ in range(3):
-        wanted = desired_versions(rt, model)
-        live = rt.admin.ready_versions(model)
-        if live == wanted:
-            return
-        if not wanted:
-            rt.admin.unload(model)
-            report.add("unloaded", model, None, versions=sorted(live))
-            return
-        try:
-            started = time.monotonic()
-            rt.admin.load_versions(model, rt.repo.read_config(model), wanted)
-            report.add("loaded", model, None, versions=sorted(wanted), seconds=round(time.monotonic() - started, 3))
-        except TritonLoadFailed as exc:
-            culprit = _failed_candidate(rt, model, wanted)
-            if culprit is None:
-                report.errors.append(str(exc))
-                return
-            _fail(rt, model, culprit, reason=f"Triton could not load it: {exc}", report=report)
-            continue
-        gone = live - wanted
-        if gone and wait_unloads and not rt.admin.wait_gone(model, gone, timeout_s=30):
-            report.errors.append(f"{model} versions {sorted(gone)} still loaded 30 s after their unload")
-        return
-
-
-def _failed_candidate(rt: Runtime, model: str, wanted: set[int]) -> int | None:
-    """The non-stable version among `wanted` that Triton reports as unavailable."""
-    stable = rt.store.stable(model)
-    for entry in rt.admin.index():
-        unavailable = entry.model == model and entry.version in wanted and entry.state == "UNAVAILABLE"
-        if unavailable and (stable is None or entry.version != stable.version):
-            return entry.version
-    candidates = [v for v in wanted if stable is None or v != stable.version]
-    return max(candidates) if candidates else None
-
-
-def ensure_support_models(rt: Runtime, model: str, support: list[str], report: TickReport) -> None:
-    """Load the tokenizer and ensemble of a text model once the model itself serves."""
-    index = rt.admin.index()
-    if not rt.admin.ready_versions(model, index):
-        return
-    for name in support:
-        if not name.startswith(f"{model}_") or rt.admin.ready_versions(name, index):
-            continue
-        try:
-            rt.admin.load(name)
-            report.add("loaded", name, None, role="support")
-        except TritonLoadFailed as exc:
-            report.errors.append(str(exc))
-
-
-def sweep_preflight_aliases(rt: Runtime, report: TickReport) -> None:
-    """Unload preflight aliases left by a crash whose model has no version in preflight any more."""
-    suffix = PREFLIGHT_SUFFIX
-    for entry in rt.admin.index():
-        if not entry.model.endswith(suffix) or entry.state not in ("READY", "LOADING"):
-            continue
-        model = entry.model.removesuffix(suffix)
-        if rt.store.versions(model=model, states=[State.preflight]):
-            continue  # its preflight runs again in this pass and cleans up after itself
-        rt.admin.unload(entry.model)
-        rt.repo.unlink_preflight(model)
-        report.add("unloaded", entry.model, entry.version, role="stale preflight alias")
-
-
-# -- transitions --------------------------------------------------------------------------------
-def _fail(rt: Runtime, model: str, version: int, *, reason: str, report: TickReport) -> None:
-    rt.store.transition(model, version, State.failed, reason=reason)
-    report.add("failed", model, version, reason=reason)
-    announce(rt, event="failure", model=model, version=version, reason=reason, evidence={})
-
-
-def begin_preflight(rt: Runtime, model: str, version: int, report: TickReport) -> None:
-    rt.store.transition(model, version, State.preflight, reason="next candidate")
-    report.add("preflight", model, version)
-
-
-def run_preflight(rt: Runtime, record: VersionRecord, report: TickReport) -> None:
-    """Load the candidate under its preflight alias (no client traffic), probe it with its golden set, judge."""
-    model, version = record.model, record.version
-    policy = rt.settings.policy_for(model)
-    alias = rt.repo.link_preflight(model, version)
-    try:
-        try:
-            rt.admin.load_versions(alias, rt.repo.preflight_config(model), [version])
-        except TritonLoadFailed as exc:
-            _fail(rt, model, version, reason=f"Triton could not load it: {exc}", report=report)
-            return
-        golden = golden_sets.golden_for(rt.repo, model, version)
-        started = rt.now()
-        run, latencies, requests, errors = _preflight_probes(rt, alias, version, golden, policy)
-        quality = golden_sets.score(golden, run.outputs) if (golden and run and run.outputs is not None) else {}
-        stable = rt.store.stable(model)
-        rt.store.add_probe_window(
-            model,
-            version,
-            role="preflight",
-            rollout_id=None,
-            started_at=started,
-            ended_at=rt.now(),
-            figures={
-                **probe_figures(run, quality=quality.get("value"), agreement=None, server=None),
-                "requests": requests,
-                "errors": errors,
-                "samples": latencies,
-            },
-        )
-        # Every preflight attempt of this version counts: an undecided one is probed again next tick.
-        evidence = evidence_from_windows(version, rt.store.probe_windows(model, version, role="preflight"))
-        verdict = judge_preflight(evidence, policy, stable_quality=stable.quality_value if stable else None)
-        rt.store.add_decision(
-            model,
-            version,
-            outcome=verdict.outcome,
-            reason=verdict.reason,
-            checks=verdict.as_dict(),
-            policy=policy.as_dict(),
-        )
-    finally:
-        try:
-            rt.admin.unload(alias)
-        except TritonUnreachable as exc:
-            report.errors.append(str(exc))
-        rt.repo.unlink_preflight(model)
-    if run is None:
-        verdict = Verdict(outcome="reject", reason="no golden set to probe it with", checks=())
-    elif verdict.outcome == "wait":
-        attempts = [d for d in rt.store.decisions(model, version) if d.outcome == "wait"]
-        if len(attempts) >= PREFLIGHT_ATTEMPTS:
-            verdict = Verdict(
-                outcome="reject",
-                reason=f"no decision after {len(attempts)} preflight attempts: {verdict.reason}",
-                checks=verdict.checks,
-            )
-    if verdict.outcome == "reject":
-        rt.store.transition(model, version, State.rejected, reason=verdict.reason, evidence=verdict.as_dict())
-        report.add("rejected", model, version, reason=verdict.reason)
-        announce(rt, event="rejection", model=model, version=version, reason=verdict.reason, evidence=verdict.as_dict())
-    elif verdict.outcome == "promote" and stable is None:
-        promote(rt, model, version, reason=f"first version: {verdict.reason}", report=report)
-    elif verdict.outcome == "promote" and stable is not None:
-        rt.store.transition(model, version, State.canary, reason="preflight passed", evidence=verdict.as_dict())
-        rollout_id = rt.store.start_rollout(model, version, stable.version)
-        report.add("canary", model, version, rollout=rollout_id, stable=stable.version)
-
-
-def _preflight_probes(
-    rt: Runtime, alias: str, version: int, golden: golden_sets.Golden | None, policy: Any
-) -> tuple[ProbeRun | None, list[float], int, int]:
-    """The whole golden set once (for quality), then slices until there are enough requests to judge."""
-    if golden is None:
-        return None, [], 0, 0
-    first = send_probe(rt.grpc_url, alias, version, golden.inputs, batch_size=policy.probe_batch_size)
-    latencies, requests, errors = list(first.latencies_ms), first.requests, first.errors
-    target = 2 * policy.min_samples
-    for round_number in range(PREFLIGHT_ROUNDS):
-        if requests >= target:
-            break
-        extra = send_probe(
-            rt.grpc_url,
-            alias,
-            version,
-            _slice(golden.inputs, round_number, policy.probe_rows),
-            batch_size=policy.probe_batch_size,
-        )
-        latencies.extend(extra.latencies_ms)
-        requests += extra.requests
-        errors += extra.errors
-    return first, latencies, requests, errors
-
-
-def promote(rt: Runtime, model: str, version: int, *, reason: str, report: TickReport, actor: str = SYSTEM) -> None:
-    rt.store.transition(model, version, State.promoted, reason=reason, actor=actor)
-    rt.store.set_stable(model, version, reason=reason, actor=actor)
-    rollout = rt.store.open_rollout(model, version)
-    if rollout is not None:
-        rt.store.end_rollout(rollout.id, outcome="promoted")
-    report.add("promoted", model, version, reason=reason)
-    converge(rt, model, report)
-    announce(rt, event="promotion", model=model, version=version, reason=reason, evidence={"actor": actor})
-
-
-def roll_back(
-    rt: Runtime, model: str, version: int, *, verdict: Verdict, report: TickReport, actor: str = SYSTEM
-) -> dict[str, float]:
-    """Mark the version rolled back, send traffic back to stable at once, verify it is gone from Triton."""
-    decided = time.monotonic()
-    rt.store.transition(
-        model, version, State.rolled_back, reason=verdict.reason, actor=actor, evidence=verdict.as_dict()
-    )
-    rollout = rt.store.open_rollout(model, version)
-    if rollout is not None:
-        rt.store.end_rollout(rollout.id, outcome="rolled_back")
-    timings: dict[str, float] = {}
-    try:
-        converge(rt, model, report, wait_unloads=False)
-        timings["traffic_back_s"] = round(time.monotonic() - decided, 4)
-        gone = rt.admin.wait_gone(model, [version], timeout_s=30)
-        timings["unload_verified_s"] = round(time.monotonic() - decided, 4)
-        if not gone:
-            report.errors.append(f"{model} version {version} still in Triton's index after rollback")
-    except TritonUnreachable as exc:
-        report.errors.append(f"rollback of {model} v{version} recorded; Triton unreachable, next tick unloads: {exc}")
-    report.add("rolled_back", model, version, reason=verdict.reason, **timings)
-    announce(
-        rt,
-        event="rollback",
-        model=model,
-        version=version,
-        reason=verdict.reason,
-        evidence={**verdict.as_dict(), **timings},
-    )
-    return timings
-
-
-# -- probing and judging canaries -------------------------------------------------------------
-def probe_canary(rt: Runtime, candidate: VersionRecord, report: TickReport) -> None:
-    """Probe candidate and stable side by side with the same golden inputs; store one window each."""
-    model = candidate.model
-    stable = rt.store.stable(model)
-    if stable is None:
-        return
-    policy = rt.settings.policy_for(model)
-    rollout_id = rt.store.start_rollout(model, candidate.version, stable.version)
-    golden = golden_sets.golden_for(rt.repo, model, candidate.version)
-    if golden is None:
-        return
-    started = rt.now()
-    # Triton's counters are read from where this rollout's previous window ended, so the window
-    # covers all client traffic since then, not only the probes' own fraction of a second.
-    before = rt.snapshots.get((model, rollout_id))
-    if before is not None:
-        started = datetime.fromtimestamp(before.taken_at, UTC)
-    else:
-        try:
-            before = scrape(rt.metrics_url)
-        except Exception as exc:
-            report.errors.append(f"metrics: {exc}")
-    # The first window of a rollout covers the whole golden set (quality on the same inputs for
-    # both); later ones rotate through slices of it, for latency and agreement samples.
-    seen = rt.store.probe_windows(model, candidate.version, role="candidate", rollout_id=rollout_id)
-    measured = any(w.quality is not None for w in seen)  # until then, every window tries the whole set
-    inputs = golden.inputs if not measured else _slice(golden.inputs, len(seen), policy.probe_rows)
-    runs = send_paired_probes(
-        rt.grpc_url,
-        model,
-        [candidate.version, stable.version],
-        inputs,
-        batch_size=policy.probe_batch_size,
-    )
-    server: dict[tuple[str, str], Any] = {}
-    after = None
-    if before is not None:
-        try:
-            after = scrape(rt.metrics_url)
-            server = window(before, after)
-            rt.snapshots[(model, rollout_id)] = after
-        except Exception as exc:
-            report.errors.append(f"metrics: {exc}")
-    cand_run, stable_run = runs[str(candidate.version)], runs[str(stable.version)]
-    whole = not measured
-    cand_q = golden_sets.score(golden, cand_run.outputs) if whole and cand_run.outputs is not None else {}
-    stable_q = golden_sets.score(golden, stable_run.outputs) if whole and stable_run.outputs is not None else {}
-    agree = None
-    if cand_run.outputs is not None and stable_run.outputs is not None:
-        agree = golden_sets.agreement(golden, cand_run.outputs, stable_run.outputs)
-    ended = rt.now()
-    for record, run, qual, role in (
-        (candidate, cand_run, cand_q, "candidate"),
-        (stable, stable_run, stable_q, "stable"),
-    ):
-        stats = server.get((model, str(record.version)))
-        rt.store.add_probe_window(
-            model,
-            record.version,
-            role=role,
-            rollout_id=rollout_id,
-            started_at=started,
-            ended_at=ended,
-            figures=probe_figures(
-                run,
-                quality=qual.get("value"),
-                agreement=agree if role == "candidate" else None,
-                server=stats,
-                host=after.host if after is not None else None,
-            ),
-        )
-    report.add("probed", model, candidate.version, stable=stable.version, agreement=agree)
-
-
-def _slice(inputs: dict[str, Any], round_number: int, rows: int) -> dict[str, Any]:
-    """Rows [k*rows, (k+1)*rows) of the golden inputs, wrapping around, for probe round k."""
-    total = int(next(iter(inputs.values())).shape[0])
-    if rows >= total:
-        return inputs
-    start = (round_number * rows) % total
-    index = [(start + i) % total for i in range(rows)]
-    return {name: array[index] for name, array in inputs.items()}
-
-
-def judge_candidate(rt: Runtime, candidate: VersionRecord, report: TickReport) -> Verdict | None:
-    """Judge a canary on every window of its rollout so far; act on rollback or promote."""
-    model = candidate.model
-    stable = rt.store.stable(model)
-    rollout = rt.store.open_rollout(model, candidate.version)
-    if stable is None or rollout is None:
-        return None
-    policy = rt.settings.policy_for(model)
-    cand_ev, stable_ev = evidence_for_rollout(rt.store, model, candidate.version, stable.version, rollout.id)
-    baked = (rt.now() - rollout.started_at).total_seconds()
-    verdict = judge_canary(cand_ev, stable_ev, policy, baked_seconds=baked)
-    if verdict.outcome == "promote" and not policy.window_open(rt.now()):
-        verdict = Verdict(outcome="wait", reason="passed; outside the promotion window", checks=verdict.checks)
-    rt.store.add_decision(
-        model,
-        candidate.version,
-        outcome=verdict.outcome,
-        reason=verdict.reason,
-        checks=verdict.as_dict(),
-        policy=policy.as_dict(),
-        rollout_id=rollout.id,
-    )
-    if verdict.outcome == "rollback":
-        roll_back(rt, model, candidate.version, verdict=verdict, report=report)
-    elif verdict.outcome == "promote":
-        promote(rt, model, candidate.version, reason=verdict.reason, report=report)
-    else:
-        report.add("waiting", model, candidate.version, reason=verdict.reason)
-    return verdict
-
-
-# -- one pass -----------------------------------------------------------------------------------
-def reconcile(rt: Runtime, report: TickReport | None = None) -> TickReport:
-    """Discover versions, converge what Triton serves, and move each model's next candidate along."""
-    report = report or TickReport()
-    with rt.lock:
-        sweep_preflight_aliases(rt, report)
-        support: list[str] = []
-        rollable: list[tuple[str, str]] = []
-        for model in rt.repo.models():
-            kind = model_kind(rt, model)
-            if kind in SUPPORT_KINDS:
-                support.append(model)
-            elif kind is not None:
-                rollable.append((model, kind))
-        for model, kind in rollable:
-            try:
-                _reconcile_model(rt, model, kind, report)
-                ensure_support_models(rt, model, support, report)
-            except TritonUnreachable as exc:
-                report.errors.append(str(exc))
-                break
-    return report
-
-
-def _reconcile_model(rt: Runtime, model: str, kind: str, report: TickReport) -> None:
-    discover(rt, model, kind, report)
-    converge(rt, model, report)
-    if rt.store.pinned(model) is not None:
-        return
-    acted = len(report.actions)
-    for record in rt.store.versions(model=model, states=[State.preflight]):
-        run_preflight(rt, record, report)
-    if not rt.store.versions(model=model, states=[State.preflight, State.canary]):
-        _next_candidate(rt, model, report)
-    if len(report.actions) > acted:  # a transition changed what should serve
-        converge(rt, model, report)
-
-
-def _next_candidate(rt: Runtime, model: str, report: TickReport) -> None:
-    """Start the preflight of the oldest discovered version newer than the stable one."""
-    waiting = rt.store.versions(model=model, states=[State.discovered])
-    if waiting:
-        nxt = min(waiting, key=lambda r: r.version)
-        stable = rt.store.stable(model)
-        if stable is not None and nxt.version < stable.version:
-            rt.store.transition(model, nxt.version, State.rejected, reason="older than the stable version")
-            report.add("rejected", model, nxt.version, reason="older than the stable version")
-            return
-        begin_preflight(rt, model, nxt.version, report)
-        run_preflight(rt, rt.store.get_version(model, nxt.version) or nxt, report)
-
-
-def _each_canary(rt: Runtime, report: TickReport | None, step: Callable[[VersionRecord], object]) -> TickReport:
-    """Run `step` on every canary whose model is not pinned; an unreachable Triton ends the pass."""
-    report = report or TickReport()
-    with rt.lock:
-        for record in rt.store.versions(states=[State.canary]):
-            if rt.store.pinned(record.model) is not None:
-                continue
-            try:
-                step(record)
-            except TritonUnreachable as exc:
-                report.errors.append(str(exc))
-                break
-    return report
-
-
-def probe(rt: Runtime, report: TickReport | None = None) -> TickReport:
-    """Probe every canary beside its stable version (after making sure both are loaded)."""
-    report = report or TickReport()
-
-    def step(record: VersionRecord) -> None:
-        converge(rt, record.model, report)
-        probe_canary(rt, record, report)
-
-    return _each_canary(rt, report, step)
-
-
-def judge(rt: Runtime, report: TickReport | None = None) -> TickReport:
-    """Judge every canary on the evidence of its rollout so far."""
-    report = report or TickReport()
-    return _each_canary(rt, report, lambda record: judge_candidate(rt, record, report))
-
-
+# -- one pass -------------------------------------------------------------------------------------
 def tick(rt: Runtime) -> TickReport:
     """One full cycle: reconcile, probe, judge (what `shepherd tick` and each scheduler round run)."""
     report = TickReport()
@@ -537,3 +58,386 @@ def tick(rt: Runtime) -> TickReport:
     probe(rt, report)
     judge(rt, report)
     return report
+
+
+def reconcile(rt: Runtime, report: TickReport | None = None) -> TickReport:
+    """Discover versions, make Triton serve what the history says, and move each model's candidate one step.
+
+    A model whose files or history are broken is reported and skipped; the others go on.
+    """
+    report = report or TickReport()
+    with rt.lock:
+        try:
+            world = read_world(rt)
+        except ShepherdError as exc:  # no Triton, no history or no repository: nothing to reconcile
+            report.fail(exc)
+            return report
+        sweep_preflight_aliases(rt, report, world)
+        # Models are independent: what is done to one changes no row or index entry of another,
+        # so each starts from the world read at the start of the pass.
+        for_each(report, world.catalogue.kinds, lambda model: reconcile_model(rt, report, world, model))
+    return report
+
+
+def for_each(report: TickReport, items: Iterable[T], step: Callable[[T], object]) -> None:
+    """Run `step` on each item: a broken one is reported and skipped; a lost Triton or history ends the loop."""
+    for item in items:
+        try:
+            step(item)
+        except FATAL as exc:
+            report.fail(exc)
+            break
+        except ShepherdError as exc:
+            report.fail(exc)
+
+
+def reconcile_model(rt: Runtime, report: TickReport, world: World, model: str) -> None:
+    """Discover, serve, take the lifecycle step, serve again if it changed anything, load support models."""
+    if discover(rt, report, world, model):
+        world = refreshed(rt, world)
+    world = serve_model(rt, report, world, model)
+    if world.store.pinned(model) is None and advance(rt, report, world, model):
+        world = serve_model(rt, report, refreshed(rt, world), model)
+    load_support_models(rt, report, world, model)
+
+
+# -- discovering ----------------------------------------------------------------------------------
+def discover(rt: Runtime, report: TickReport, world: World, model: str) -> bool:
+    """Record every new version folder with a readable manifest; a broken one is reported, not recorded."""
+    known = world.store.known(model)
+    found = False
+    for version in world.catalogue.versions.get(model, ()):
+        if version in known:
+            continue
+        try:
+            manifest = rt.repo.read_manifest(model, version)
+        except BuilderError as exc:
+            report.fail(exc)
+            continue
+        if rt.store.lifecycle.record_version(
+            model, version, manifest=manifest_dict(manifest), kind=world.catalogue.kinds[model]
+        ):
+            report.add("discovered", model, version)
+            found = True
+    return found
+
+
+# -- serving --------------------------------------------------------------------------------------
+def serve_model(rt: Runtime, report: TickReport, world: World, model: str) -> World:
+    """Converge Triton to the model's desired versions; a candidate Triton cannot load is failed, then retried."""
+    for _ in range(len(world.store.versions_of(model)) + 1):
+        served = converge(rt, report, world.store, world.ready(model), model, wait=True)
+        if served.refused is None:
+            return refreshed(rt, world) if served.changed else world
+        culprit = failed_candidate(world.store, model, served)
+        if culprit is None:
+            report.fail(served.refused)
+            return world
+        fail(rt, report, model, culprit, served.refused)
+        world = refreshed(rt, world)
+    return world
+
+
+def converge(
+    rt: Runtime, report: TickReport, store: StoreSnapshot, ready: set[int], model: str, *, wait: bool
+) -> serving.Served:
+    """One converge of `model` to what `store` wants, reported; released versions are awaited when `wait`."""
+    policy = rt.settings.policy_for(model)
+    served = serving.converge(
+        rt.admin,
+        model,
+        desired_versions(store, model, rt.settings, rt.now()),
+        live=ready,
+        config=lambda: rt.repo.read_config(model),
+        wait_s=policy.unload_wait_seconds if wait else None,
+    )
+    if served.changed:
+        action = "loaded" if served.wanted else "unloaded"
+        report.add(action, model, None, versions=sorted(served.wanted or served.before), seconds=round(served.seconds, 3))
+    if served.lingering:
+        report.fail(
+            TritonError(
+                f"{model} versions {sorted(served.lingering)} still loaded "
+                f"{policy.unload_wait_seconds:g} s after their unload"
+            )
+        )
+    return served
+
+
+def serve_now(rt: Runtime, report: TickReport, model: str, *, wait: bool = True) -> serving.Served:
+    """Converge `model` on a fresh read of the history and of Triton's index (after a state change)."""
+    return converge(rt, report, rt.store.read.snapshot(), rt.admin.ready_versions(model), model, wait=wait)
+
+
+def failed_candidate(store: StoreSnapshot, model: str, served: serving.Served) -> int | None:
+    """The version to blame for a refused load: one Triton marks UNAVAILABLE, else the newest non-stable one."""
+    stable = store.stable(model)
+    suspects = sorted(v for v in served.wanted if stable is None or v != stable.version)
+    marked = [v for v in suspects if v in served.unavailable]
+    if marked:
+        return marked[0]
+    return suspects[-1] if suspects else None
+
+
+def load_support_models(rt: Runtime, report: TickReport, world: World, model: str) -> None:
+    """Load the tokenizer and ensemble of a text model once the model itself serves."""
+    if not world.ready(model):
+        return
+    names = [name for name in world.catalogue.support if name.startswith(f"{model}_")]
+    for outcome in serving.load_support(rt.admin, names, list(world.index)):
+        if isinstance(outcome, TritonLoadFailed):
+            report.fail(outcome)
+        else:
+            report.add("loaded", outcome, None, role="support")
+
+
+def sweep_preflight_aliases(rt: Runtime, report: TickReport, world: World) -> None:
+    """Unload preflight aliases left by a crash whose model has no version in preflight any more."""
+    for entry in world.live_aliases():
+        model = entry.model.removesuffix(PREFLIGHT_SUFFIX)
+        if world.store.versions_of(model, State.preflight):
+            continue  # its preflight runs again in this pass and cleans up after itself
+        try:
+            rt.admin.unload(entry.model)
+            rt.repo.unlink_preflight(model)
+        except ShepherdError as exc:
+            report.fail(exc)
+            continue
+        report.add("unloaded", entry.model, entry.version, role="stale preflight alias")
+
+
+# -- the lifecycle step of a model ----------------------------------------------------------------
+def advance(rt: Runtime, report: TickReport, world: World, model: str) -> bool:
+    """Move the model's candidate one step; True when a version changed state (serving must follow).
+
+    A version in preflight is probed again; with none in preflight or canary, the oldest
+    discovered version newer than the stable one starts its preflight. Canaries are moved by
+    `probe` and `judge`.
+    """
+    store = world.store
+    stable = store.stable(model)
+    in_preflight = store.versions_of(model, State.preflight)
+    if in_preflight:
+        for record in in_preflight:
+            run_preflight(rt, report, record, stable)
+        return True
+    waiting = store.versions_of(model, State.discovered)
+    if store.versions_of(model, State.canary) or not waiting:
+        return False
+    candidate = waiting[0]
+    if stable is not None and candidate.version < stable.version:
+        verdict = Verdict(REJECT, f"older than the stable version {stable.version}")
+        enter(rt, report, model, candidate.version, State.rejected, verdict=verdict)
+        return True
+    enter(rt, report, model, candidate.version, State.preflight, verdict=None)
+    run_preflight(rt, report, candidate, stable)
+    return True
+
+
+def run_preflight(rt: Runtime, report: TickReport, record: VersionRecord, stable: VersionRecord | None) -> None:
+    """Probe the candidate alone under its preflight alias (no client traffic), decide, act."""
+    model, version = record.model, record.version
+    policy = rt.settings.policy_for(model)
+    golden = golden_sets.golden_for(rt.repo, model, version)
+    if golden is not None:
+        try:
+            with preflight_alias(rt, report, record) as alias:
+                observe.observe_preflight(rt, alias=alias, record=record, golden=golden, policy=policy)
+        except TritonLoadFailed as exc:
+            fail(rt, report, model, version, exc)
+            return
+    earlier = [d for d in rt.store.read.decisions(model, version) if d.outcome == WAIT]
+    verdict = decide_preflight(
+        observe.preflight_evidence(rt, record) if golden is not None else None,
+        policy,
+        stable_quality=stable.quality_value if stable is not None else None,
+        earlier_attempts=len(earlier),
+    )
+    if verdict.outcome == REJECT:
+        enter(rt, report, model, version, State.rejected, verdict=verdict)
+    elif verdict.outcome == PROMOTE and stable is None:
+        promote(rt, report, model, version, verdict=Verdict(PROMOTE, f"first version: {verdict.reason}", verdict.checks))
+    elif verdict.outcome == PROMOTE and stable is not None:
+        start_canary(rt, report, record, stable, verdict)
+    else:
+        record_wait(rt, report, record, verdict, rollout_id=None)
+
+
+@contextmanager
+def preflight_alias(rt: Runtime, report: TickReport, record: VersionRecord) -> Iterator[str]:
+    """Serve `record` as `<model>__preflight` while the block runs; the alias is removed after, loaded or not.
+
+    A load Triton refuses raises TritonLoadFailed out of the `with` (after the clean-up).
+    """
+    alias = rt.repo.link_preflight(record.model, record.version)
+    try:
+        rt.admin.load_versions(alias, rt.repo.preflight_config(record.model), [record.version])
+        yield alias
+    finally:
+        try:
+            rt.admin.unload(alias)
+        except TritonError as exc:
+            report.fail(exc)
+        rt.repo.unlink_preflight(record.model)
+
+
+def start_canary(rt: Runtime, report: TickReport, record: VersionRecord, stable: VersionRecord, verdict: Verdict) -> None:
+    """Enter canary and open its rollout against the stable version; the next converge loads it beside stable."""
+
+    def open_rollout() -> dict[str, int]:
+        return {"rollout": rt.store.lifecycle.start_rollout(record.model, record.version, stable.version)}
+
+    enter(rt, report, record.model, record.version, State.canary, verdict=verdict, then=open_rollout)
+
+
+def record_wait(
+    rt: Runtime, report: TickReport, record: VersionRecord, verdict: Verdict, *, rollout_id: int | None
+) -> None:
+    """An undecided verdict changes no state: it is stored as the decision of this look, and reported."""
+    policy = rt.settings.policy_for(record.model)
+    rt.store.evidence.add_decision(
+        record.model,
+        record.version,
+        Decision(
+            outcome=verdict.outcome,
+            reason=verdict.reason,
+            checks=verdict.as_dict(),
+            policy=policy.as_dict(),
+            rollout_id=rollout_id,
+        ),
+    )
+    report.add("waiting", record.model, record.version, reason=verdict.reason)
+
+
+# -- canaries -------------------------------------------------------------------------------------
+def probe(rt: Runtime, report: TickReport | None = None) -> TickReport:
+    """Probe every canary beside its stable version (after making sure both serve)."""
+    report = report or TickReport()
+    with rt.lock:
+        for_each(report, _canaries(rt, report), lambda canary: probe_canary(rt, report, *canary))
+    return report
+
+
+def probe_canary(
+    rt: Runtime, report: TickReport, candidate: VersionRecord, stable: VersionRecord, rollout: RolloutRecord
+) -> None:
+    """Make sure both versions serve, then observe them side by side with the same golden inputs."""
+    serve_now(rt, report, candidate.model)
+    golden = golden_sets.golden_for(rt.repo, candidate.model, candidate.version)
+    if golden is None:
+        return  # preflight rejects a version without a golden set; the canary waits, then times out
+    observed = observe.observe_canary(
+        rt,
+        candidate=candidate,
+        stable=stable,
+        rollout_id=rollout.id,
+        golden=golden,
+        policy=rt.settings.policy_for(candidate.model),
+    )
+    for error in observed.errors:
+        report.fail(error)
+    report.add("probed", candidate.model, candidate.version, stable=stable.version, agreement=observed.agreement)
+
+
+def judge(rt: Runtime, report: TickReport | None = None, *, model: str | None = None) -> TickReport:
+    """Judge every canary (of `model`, or of all models) on the evidence of its rollout so far."""
+    report = report or TickReport()
+    with rt.lock:
+        for_each(report, _canaries(rt, report, model=model), lambda canary: judge_canary(rt, report, *canary))
+    return report
+
+
+def judge_canary(
+    rt: Runtime, report: TickReport, candidate: VersionRecord, stable: VersionRecord, rollout: RolloutRecord
+) -> Verdict:
+    """Decide on a canary from every window of its rollout, and act on the decision."""
+    model, version = candidate.model, candidate.version
+    now = rt.now()
+    cand_ev, stable_ev = observe.canary_evidence(rt, model, version, stable.version, rollout.id)
+    verdict = decide_canary(
+        cand_ev,
+        stable_ev,
+        rt.settings.policy_for(model),
+        baked_seconds=(now - rollout.started_at).total_seconds(),
+        now=now,
+    )
+    if verdict.outcome == ROLLBACK:
+        roll_back(rt, report, model, version, verdict=verdict)
+    elif verdict.outcome == PROMOTE:
+        promote(rt, report, model, version, verdict=verdict)
+    else:
+        record_wait(rt, report, candidate, verdict, rollout_id=rollout.id)
+    return verdict
+
+
+def _canaries(
+    rt: Runtime, report: TickReport, *, model: str | None = None
+) -> list[tuple[VersionRecord, VersionRecord, RolloutRecord]]:
+    """Each canary of an unpinned model with its stable version and open rollout, from one read of the history.
+
+    A canary whose rollout was never opened (a crash right after it entered canary) gets it now.
+    """
+    try:
+        store = rt.store.read.snapshot()
+    except StoreError as exc:
+        report.fail(exc)
+        return []
+    found = []
+    for record in store.versions:
+        if record.state != State.canary or (model is not None and record.model != model):
+            continue
+        stable = store.stable(record.model)
+        if stable is None or store.pinned(record.model) is not None:
+            continue
+        rollout = store.open_rollout(record.model, record.version)
+        if rollout is None:
+            rt.store.lifecycle.start_rollout(record.model, record.version, stable.version)
+            rollout = rt.store.read.open_rollout(record.model, record.version)
+        if rollout is not None:
+            found.append((record, stable, rollout))
+    return found
+
+
+# -- the state changes ----------------------------------------------------------------------------
+def promote(
+    rt: Runtime, report: TickReport, model: str, version: int, *, verdict: Verdict, actor: str = SYSTEM_ACTOR
+) -> None:
+    """Make the version the stable one; Triton serves it for requests naming no version at once."""
+
+    def serve() -> dict[str, float]:
+        served = serve_now(rt, report, model)
+        if served.refused is not None:
+            report.fail(served.refused)
+        return {}
+
+    enter(rt, report, model, version, State.promoted, verdict=verdict, actor=actor, then=serve)
+
+
+def roll_back(
+    rt: Runtime, report: TickReport, model: str, version: int, *, verdict: Verdict, actor: str = SYSTEM_ACTOR
+) -> None:
+    """Mark the version rolled back, send traffic back to stable at once, verify it is gone from Triton.
+
+    Two moments are timed from the decision: traffic back (the load that drops the version) and
+    the unload verified in Triton's index.
+    """
+    decided = time.monotonic()
+    policy = rt.settings.policy_for(model)
+
+    def take_down() -> dict[str, float]:
+        served = serve_now(rt, report, model, wait=False)
+        if served.refused is not None:
+            report.fail(served.refused)
+        timings = {"traffic_back_s": round(time.monotonic() - decided, 4)}
+        gone = rt.admin.wait_gone(model, [version], timeout_s=policy.unload_wait_seconds)
+        timings["unload_verified_s"] = round(time.monotonic() - decided, 4)
+        if not gone:
+            report.fail(TritonError(f"{model} version {version} still in Triton's index after rollback"))
+        return timings
+
+    enter(rt, report, model, version, State.rolled_back, verdict=verdict, actor=actor, then=take_down)
+
+
+def fail(rt: Runtime, report: TickReport, model: str, version: int, refusal: TritonLoadFailed) -> None:
+    """Triton could not load the version: it is failed, and the stable version keeps serving."""
+    enter(rt, report, model, version, State.failed, verdict=Verdict(FAIL, f"Triton could not load it: {refusal}"))

@@ -10,18 +10,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from builders.repository import ModelRepository
+from control_plane.clock import utc_now
 from control_plane.settings import Settings
 from control_plane.store.store import Store
 from control_plane.triton_admin import TritonAdmin
 from probes.metrics import Snapshot
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass

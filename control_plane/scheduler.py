@@ -20,7 +20,6 @@ from apscheduler.triggers.cron import CronTrigger
 
 from control_plane import reconciler
 from control_plane.runtime import Runtime
-from control_plane.store.models import State
 
 log = logging.getLogger("shepherd.scheduler")
 
@@ -58,15 +57,7 @@ def judge_job() -> None:
 
 def promotion_window_job(model: str) -> None:
     """Judge the model's canary when its promotion window opens (it may have passed outside it)."""
-
-    def step(rt: Runtime) -> reconciler.TickReport:
-        report = reconciler.TickReport()
-        with rt.lock:
-            for record in rt.store.versions(model=model, states=[State.canary]):
-                reconciler.judge_candidate(rt, record, report)
-        return report
-
-    _guarded(f"promotion window {model}", step)
+    _guarded(f"promotion window {model}", lambda rt: reconciler.judge(rt, model=model))
 
 
 def build_scheduler(rt: Runtime) -> BackgroundScheduler:

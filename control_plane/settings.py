@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from control_plane.alerts.channels import AlertSettings, EmailChannel, WebhookChannel
 from control_plane.errors import ConfigError
@@ -249,7 +250,7 @@ def _connection(key: str, value: Any, where: str) -> Any:
     if key == "db_url":
         try:
             make_url(text)
-        except Exception as exc:
+        except (ArgumentError, ValueError) as exc:
             raise _fail(where, key, f"not an SQLAlchemy URL ({exc})") from exc
         return text
     return _address(text, where, key)
@@ -276,6 +277,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the settings file ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -20,9 +20,18 @@ from google.protobuf import json_format
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 from tritonclient.utils import InferenceServerException
 
-from control_plane.errors import TritonLoadFailed, TritonUnreachable
+from control_plane.errors import TritonLoadFailed, TritonUnloadFailed, TritonUnreachable
 
 LIVE_STATES = frozenset({"READY", "LOADING", "UNLOADING"})
+
+
+def could_not_connect(exc: InferenceServerException) -> bool:
+    """True when the call never reached a Triton that could answer (refused, no route, name not resolved).
+
+    gRPC reports all of those as UNAVAILABLE; anything else (NOT_FOUND, INVALID_ARGUMENT, INTERNAL,
+    a deadline) came from, or at least reached, a running server: that server refused the call.
+    """
+    return "unavailable" in str(exc.status() or "").lower() or "failed to connect" in str(exc).lower()
 
 
 @dataclass(frozen=True)
@@ -84,8 +93,7 @@ class TritonAdmin:
         try:
             self._client.load_model(model, config=override_json(config, wanted), client_timeout=self.timeout_s)
         except InferenceServerException as exc:
-            if "failed to connect" in str(exc).lower() or "unavailable" in str(exc.status() or "").lower():
-                raise TritonUnreachable(f"Triton at {self.grpc_url} is unreachable: {exc}") from exc
+            self._unreachable_or(exc)
             raise TritonLoadFailed(f"loading {model} versions {wanted} failed: {exc.message()}") from exc
 
     def load(self, model: str) -> None:
@@ -93,13 +101,20 @@ class TritonAdmin:
         try:
             self._client.load_model(model, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
+            self._unreachable_or(exc)
             raise TritonLoadFailed(f"loading {model} failed: {exc.message()}") from exc
 
     def unload(self, model: str) -> None:
         try:
             self._client.unload_model(model, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
-            raise TritonUnreachable(f"unloading {model} failed: {exc}") from exc
+            self._unreachable_or(exc)
+            raise TritonUnloadFailed(f"Triton refused to unload {model}: {exc.message()}") from exc
+
+    def _unreachable_or(self, exc: InferenceServerException) -> None:
+        """Raise TritonUnreachable when `exc` is a connection failure; return so the caller names the refusal."""
+        if could_not_connect(exc):
+            raise TritonUnreachable(f"Triton at {self.grpc_url} is unreachable: {exc}") from exc
 
     def wait_gone(self, model: str, versions: Iterable[int], *, timeout_s: float = 30.0) -> bool:
         """Poll the index until none of `versions` is READY or UNLOADING; True when they are gone."""

@@ -182,7 +182,11 @@ class _Collector:
             self.fail(f"asked for version {self.version}, answered by version {response.model_version}")
             return
         names = list(output_names) if output_names else [output.name for output in response.outputs]
-        arrays = {name: result.as_numpy(name) for name in names}
+        try:
+            arrays = {name: result.as_numpy(name) for name in names}
+        except (InferenceServerException, ValueError, TypeError) as exc:  # a reply that does not decode: failed
+            self.fail(f"response could not be decoded: {type(exc).__name__}: {exc}")
+            return
         missing = sorted(name for name, array in arrays.items() if array is None)
         if missing:
             self.fail(f"response has no output {', '.join(missing)}")

@@ -15,6 +15,7 @@ from builders.ranker import train_example
 from builders.repository import ModelRepository
 from control_plane.cli.build_cmd import make_options
 from tests.conftest import publish_scale
+from tests.test_cli_errors import fails_with
 
 # Runs the real `shepherd` entry point with the build sub-app registered (a no-op once the lead has).
 RUNNER = """
@@ -102,6 +103,7 @@ def test_bad_factory_exits_with_source_error_and_publishes_nothing(
 def test_tensorrt_without_gpu_exits_42_and_publishes_nothing(repo: ModelRepository, weights: Path) -> None:
     run = shepherd(*ranker_args(repo, weights, "--formats", "onnx,tensorrt", "--fp16"), "--json")
     assert run.returncode == EngineUnavailable.exit_code == 42
+    fails_with(run, EngineUnavailable, "TensorRT")  # and one `error:` line on stderr, beside the JSON
     build = json.loads(run.stdout)["builds"][0]
     assert build["error_type"] == "EngineUnavailable" and "Nothing was published" in build["error"]
     assert [p for p in repo.root.iterdir() if not p.name.startswith(".")] == []
@@ -113,8 +115,10 @@ def test_bad_options_exit_2_and_missing_text_checkpoint_exits_40(repo: ModelRepo
     assert json.loads(kind.stdout)["error_type"] == "BadOption"
     sizes = shepherd(*ranker_args(repo, weights, "--preferred-batch-sizes", "8,x"))
     assert sizes.returncode == 2 and "--preferred-batch-sizes" in sizes.stderr
+    fails_with(sizes, BadOption, "--preferred-batch-sizes")
     text = shepherd("build", "intent", "--checkpoint", str(repo.root / "absent"), "--repo", str(repo.root), "--json")
     assert text.returncode == SourceError.exit_code, text.stderr
+    fails_with(text, SourceError, "checkpoint directory not found")
     assert json.loads(text.stdout)["ok"] is False
     assert [p for p in repo.root.iterdir() if not p.name.startswith(".")] == []
 

@@ -12,9 +12,11 @@ import tritonclient.grpc as grpcclient
 
 from builders.repository import ModelRepository
 from control_plane import reconciler
+from control_plane.audit import history_mismatches
 from control_plane.local_triton import LocalTriton
 from control_plane.runtime import Runtime, open_runtime
 from control_plane.settings import load_settings
+from control_plane.store import Store
 from control_plane.store.models import State
 from probes.load import LoadGenerator
 from tests.classifier_models import golden_set, publish
@@ -46,7 +48,24 @@ def make_runtime(
             "db_url": db_url or f"sqlite:///{tmp_path / 'history.db'}",
         },
     )
-    return open_runtime(settings)
+    runtime = open_runtime(settings)
+    _opened.append(settings.db_url)
+    return runtime
+
+
+_opened: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def history_tells_the_truth(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each rollout test: every version's last decision matches the state it ended in."""
+    if "postgres_url" in request.fixturenames:
+        request.getfixturevalue("postgres_url")  # set up first, so its database is dropped after the audit
+    _opened.clear()
+    yield
+    for url in dict.fromkeys(_opened):
+        with Store.open(url, migrate=False) as store:
+            assert history_mismatches(store) == [], url
 
 
 @pytest.fixture
@@ -57,7 +76,7 @@ def rt(repo: ModelRepository, triton: LocalTriton, tmp_path: Path) -> Iterator[R
 
 
 def state_of(rt: Runtime, model: str, version: int) -> State:
-    record = rt.store.get_version(model, version)
+    record = rt.store.read.get_version(model, version)
     assert record is not None
     return State(record.state)
 
@@ -90,7 +109,7 @@ def ready(rt: Runtime, model: str) -> set[int]:
 def establish_stable(rt: Runtime, repo: ModelRepository, tmp_path: Path, model: str = "clf") -> int:
     version = publish(repo, tmp_path / "build", model, "good")
     tick_until(rt, lambda: state_of(rt, model, version) == State.promoted)
-    record = rt.store.stable(model)
+    record = rt.store.read.stable(model)
     assert record is not None and record.version == version
     assert ready(rt, model) == {version}
     return version
@@ -102,7 +121,7 @@ def test_first_version_is_promoted_on_preflight(
     version = establish_stable(rt, repo, tmp_path)
     assert not (repo.root / "clf__preflight").exists()  # the preflight alias is cleaned up
     assert "clf__preflight" not in {e.model for e in rt.admin.index() if e.state == "READY"}
-    decisions = rt.store.decisions("clf", version)
+    decisions = rt.store.read.decisions("clf", version)
     assert decisions and decisions[-1].outcome == "promote"
     assert infer(triton, "clf").shape == (4, 4)
 
@@ -115,7 +134,7 @@ def test_slower_version_is_rolled_back(rt: Runtime, repo: ModelRepository, tmp_p
     tick_until(rt, lambda: state_of(rt, "clf", slow) == State.rolled_back)
     assert ready(rt, "clf") == {stable}
     assert slow not in rt.admin.live_versions("clf")  # verified gone from Triton's index
-    decision = rt.store.decisions("clf", slow)[-1]
+    decision = rt.store.read.decisions("clf", slow)[-1]
     assert decision.outcome == "rollback" and "latency" in decision.reason.lower()
     np.testing.assert_allclose(infer(triton, "clf"), infer(triton, "clf", str(stable)))
     for _ in range(3):  # never loaded again automatically
@@ -128,7 +147,7 @@ def test_worse_version_is_rolled_back(rt: Runtime, repo: ModelRepository, tmp_pa
     worse = publish(repo, tmp_path / "build", "clf", "worse")
     tick_until(rt, lambda: state_of(rt, "clf", worse) in (State.rolled_back, State.rejected))
     assert ready(rt, "clf") == {stable}
-    decision = rt.store.decisions("clf", worse)[-1]
+    decision = rt.store.read.decisions("clf", worse)[-1]
     assert decision.outcome in ("rollback", "reject")
     assert "quality" in decision.reason.lower() or "agreement" in decision.reason.lower()
 
@@ -142,7 +161,7 @@ def test_version_that_cannot_load_fails_and_stable_keeps_answering(
     tick_until(rt, lambda: state_of(rt, "clf", broken) == State.failed)
     assert ready(rt, "clf") == {stable}
     np.testing.assert_allclose(infer(triton, "clf"), before)
-    record = rt.store.get_version("clf", broken)
+    record = rt.store.read.get_version("clf", broken)
     assert record is not None and "could not load" in (record.reason or "")
 
 
@@ -150,10 +169,10 @@ def test_identical_version_is_promoted(rt: Runtime, repo: ModelRepository, tmp_p
     first = establish_stable(rt, repo, tmp_path)
     same = publish(repo, tmp_path / "build", "clf", "same")
     tick_until(rt, lambda: state_of(rt, "clf", same) == State.promoted, timeout=120)
-    stable = rt.store.stable("clf")
+    stable = rt.store.read.stable("clf")
     assert stable is not None and stable.version == same
     tick_until(rt, lambda: ready(rt, "clf") == {same})  # the old stable is unloaded after the drain
-    old = rt.store.get_version("clf", first)
+    old = rt.store.read.get_version("clf", first)
     assert old is not None and old.state == State.promoted and not old.is_stable
 
 
@@ -162,7 +181,7 @@ def test_version_failing_requests_never_serves_clients(rt: Runtime, repo: ModelR
     failing = publish(repo, tmp_path / "build", "clf", "failing")
     tick_until(rt, lambda: state_of(rt, "clf", failing) in (State.rejected, State.rolled_back))
     assert ready(rt, "clf") == {stable}
-    decision = rt.store.decisions("clf", failing)[-1]
+    decision = rt.store.read.decisions("clf", failing)[-1]
     assert "error" in decision.reason.lower() or "fail" in decision.reason.lower()
     errors = next(c for c in decision.checks["checks"] if c["name"] == "errors")
     assert errors["status"] == "fail" and errors["figures"]["errors"] > 0
@@ -189,7 +208,7 @@ def test_canary_failing_live_requests_is_rolled_back(
             tick_until(rt, lambda: state_of(rt, "clf", failing) == State.rolled_back, timeout=100)
             share = unlucky.report().failures / max(1, clients.report().requests + unlucky.report().requests)
         assert ready(rt, "clf") == {stable}
-        decision = rt.store.decisions("clf", failing)[-1]
+        decision = rt.store.read.decisions("clf", failing)[-1]
         errors = next(c for c in decision.checks["checks"] if c["name"] == "errors")
         assert errors["status"] == "fail", (decision.reason, share)
     finally:

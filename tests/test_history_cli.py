@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from control_plane.cli import history_cmd
 from control_plane.errors import StoreError
-from control_plane.store import State, Store
+from control_plane.store import Decision, State, Store
 from tests.test_store import Clock, db_url, manifest, walk  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,19 +35,19 @@ def seeded(url: str) -> datetime:
     clock = Clock(now - timedelta(days=10))
     with Store.open(url, clock=clock) as store:
         for v in (1, 2, 3):
-            store.record_version("intent", v, manifest=manifest(v), kind="intent")
+            store.lifecycle.record_version("intent", v, manifest=manifest(v), kind="intent")
         walk(store, "intent", 1, State.preflight, State.promoted)
-        store.set_stable("intent", 1, reason="first version")
+        store.lifecycle.set_stable("intent", 1, reason="first version")
         clock.at = now - timedelta(days=3)
         walk(store, "intent", 2, State.preflight, State.canary)
         clock.advance(600)
-        store.add_decision("intent", 2, outcome="rollback", reason="p95 +60%", checks={}, policy={})
-        store.transition("intent", 2, State.rolled_back, reason="p95 +60%")
+        store.evidence.add_decision("intent", 2, Decision(outcome="rollback", reason="p95 +60%", checks={}, policy={}))
+        store.lifecycle.transition("intent", 2, State.rolled_back, reason="p95 +60%")
         clock.at = now - timedelta(minutes=5)
         walk(store, "intent", 3, State.preflight, State.canary)
-        store.start_rollout("intent", 3, 1)
-        store.record_version("ranker", 1, manifest={}, kind="ranker")
-        store.transition("ranker", 1, State.failed, reason="Triton could not load it")
+        store.lifecycle.start_rollout("intent", 3, 1)
+        store.lifecycle.record_version("ranker", 1, manifest={}, kind="ranker")
+        store.lifecycle.transition("ranker", 1, State.failed, reason="Triton could not load it")
     return now
 
 

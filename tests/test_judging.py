@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -19,14 +20,15 @@ from control_plane.errors import EvidenceError
 from control_plane.judging import (
     Evidence,
     Verdict,
+    decide_canary,
+    decide_preflight,
     error_check,
-    judge_canary,
-    judge_preflight,
     latency_check,
 )
 from control_plane.policy import Policy
 
 DEFAULT = Policy()
+NOON = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)  # a Thursday
 PROBE_SECONDS_TARGET = 60.0
 
 
@@ -55,11 +57,12 @@ def _rollout(
         base_errors += int((rng.random(k) < stable_error_rate).sum())
         requests = (i + 1) * k
         baked = (i + 1) * policy.probe_interval_seconds
-        verdict = judge_canary(
+        verdict = decide_canary(
             Evidence(2, tuple(cand), requests, cand_errors, quality=0.91, agreement=1.0),
             Evidence(1, tuple(base), requests, base_errors, quality=0.91),
             policy,
             baked_seconds=baked,
+            now=NOON,
         )
         if verdict.outcome != "wait":
             return verdict, baked
@@ -136,7 +139,7 @@ def test_significant_but_small_slowdown_passes_as_kayenta_requires_both() -> Non
     check = latency_check(candidate, stable, DEFAULT)
     assert check.figures["p_value"] < 1e-6  # clearly slower ...
     assert check.status == "pass"  # ... but within the 25% margin
-    assert judge_canary(candidate, stable, DEFAULT, baked_seconds=60).outcome == "promote"
+    assert decide_canary(candidate, stable, DEFAULT, baked_seconds=60, now=NOON).outcome == "promote"
 
 
 def test_large_but_not_significant_difference_is_not_rolled_back() -> None:
@@ -146,7 +149,7 @@ def test_large_but_not_significant_difference_is_not_rolled_back() -> None:
     check = latency_check(candidate, stable, policy)
     assert check.figures["effect"] > 1.25 and check.figures["p_value"] >= policy.alpha
     assert check.status == "pass"  # Kayenta: a difference must be significant too
-    assert judge_canary(candidate, stable, policy, baked_seconds=1000).outcome == "promote"
+    assert decide_canary(candidate, stable, policy, baked_seconds=1000, now=NOON).outcome == "promote"
 
 
 def test_significantly_slower_but_not_yet_beyond_the_margin_waits() -> None:
@@ -155,14 +158,14 @@ def test_significantly_slower_but_not_yet_beyond_the_margin_waits() -> None:
     check = latency_check(candidate, stable, DEFAULT)
     assert check.figures["p_value"] < DEFAULT.alpha <= check.figures["p_value_beyond_margin"], check.figures
     assert check.status == "insufficient"
-    assert judge_canary(candidate, stable, DEFAULT, baked_seconds=60).outcome == "wait"
+    assert decide_canary(candidate, stable, DEFAULT, baked_seconds=60, now=NOON).outcome == "wait"
 
 
 def test_too_few_samples_is_never_a_pass_even_after_the_bake_time() -> None:
     few = _lognormal(3, DEFAULT.min_samples - 1)
     stable = _evidence(1, few, quality=0.9)
     candidate = _evidence(2, few, quality=0.9, agreement=1.0)
-    verdict = judge_canary(candidate, stable, DEFAULT, baked_seconds=DEFAULT.bake_seconds * 10)
+    verdict = decide_canary(candidate, stable, DEFAULT, baked_seconds=DEFAULT.bake_seconds * 10, now=NOON)
     assert verdict.outcome == "wait"
     assert verdict.check("latency").status == "insufficient"  # type: ignore[union-attr]
     assert verdict.check("errors").status == "insufficient"  # type: ignore[union-attr]
@@ -171,8 +174,8 @@ def test_too_few_samples_is_never_a_pass_even_after_the_bake_time() -> None:
 
 def test_no_evidence_at_all_waits_then_is_rolled_back_after_the_canary_limit() -> None:
     empty_c, empty_s = Evidence(2, (), 0, 0, None), Evidence(1, (), 0, 0, None)
-    assert judge_canary(empty_c, empty_s, DEFAULT, baked_seconds=100).outcome == "wait"
-    late = judge_canary(empty_c, empty_s, DEFAULT, baked_seconds=DEFAULT.max_canary_seconds or 0)
+    assert decide_canary(empty_c, empty_s, DEFAULT, baked_seconds=100, now=NOON).outcome == "wait"
+    late = decide_canary(empty_c, empty_s, DEFAULT, baked_seconds=DEFAULT.max_canary_seconds or 0, now=NOON)
     assert late.outcome == "rollback" and "no decision after" in late.reason
 
 
@@ -180,40 +183,40 @@ def test_passing_canary_waits_for_the_bake_time_then_promotes() -> None:
     samples = _lognormal(4, 200)
     stable = _evidence(1, samples, quality=0.9)
     candidate = _evidence(2, _lognormal(5, 200), quality=0.9, agreement=0.97)
-    early = judge_canary(candidate, stable, DEFAULT, baked_seconds=DEFAULT.bake_seconds - 1)
+    early = decide_canary(candidate, stable, DEFAULT, baked_seconds=DEFAULT.bake_seconds - 1, now=NOON)
     assert early.outcome == "wait" and "baking" in early.reason
-    assert judge_canary(candidate, stable, DEFAULT, baked_seconds=DEFAULT.bake_seconds).outcome == "promote"
+    assert decide_canary(candidate, stable, DEFAULT, baked_seconds=DEFAULT.bake_seconds, now=NOON).outcome == "promote"
 
 
 def test_quality_drop_is_rolled_back_at_once_without_waiting_for_the_bake() -> None:
     stable = _evidence(1, _lognormal(6, 40), quality=0.90)
     candidate = _evidence(2, _lognormal(7, 40), quality=0.85, agreement=0.95)
-    verdict = judge_canary(candidate, stable, DEFAULT, baked_seconds=0)
+    verdict = decide_canary(candidate, stable, DEFAULT, baked_seconds=0, now=NOON)
     assert verdict.outcome == "rollback"
     assert verdict.check("quality").status == "fail"  # type: ignore[union-attr]
     assert "0.8500" in verdict.reason and "0.9000" in verdict.reason
     within = _evidence(2, _lognormal(7, 40), quality=0.885, agreement=0.95)  # 0.015 drop <= 0.02
-    assert judge_canary(within, stable, DEFAULT, baked_seconds=60).outcome == "promote"
+    assert decide_canary(within, stable, DEFAULT, baked_seconds=60, now=NOON).outcome == "promote"
 
 
 def test_canary_without_the_stable_quality_waits() -> None:
     stable = _evidence(1, _lognormal(15, 40), quality=None)
     candidate = _evidence(2, _lognormal(16, 40), quality=0.9, agreement=1.0)
-    verdict = judge_canary(candidate, stable, DEFAULT, baked_seconds=60)
+    verdict = decide_canary(candidate, stable, DEFAULT, baked_seconds=60, now=NOON)
     assert verdict.outcome == "wait" and "stable version" in verdict.reason
-    floored = judge_canary(candidate, stable, Policy(quality_floor=0.95), baked_seconds=60)
+    floored = decide_canary(candidate, stable, Policy(quality_floor=0.95), baked_seconds=60, now=NOON)
     assert floored.outcome == "rollback"  # below the floor needs no comparison
 
 
 def test_quality_floor_and_agreement_are_enforced() -> None:
     stable = _evidence(1, _lognormal(8, 40), quality=0.70)
     candidate = _evidence(2, _lognormal(9, 40), quality=0.70, agreement=0.95)
-    floored = judge_canary(candidate, stable, Policy(quality_floor=0.75), baked_seconds=60)
+    floored = decide_canary(candidate, stable, Policy(quality_floor=0.75), baked_seconds=60, now=NOON)
     assert floored.outcome == "rollback" and "below the floor" in floored.reason
     disagreeing = _evidence(2, _lognormal(9, 40), quality=0.70, agreement=0.5)
-    verdict = judge_canary(disagreeing, stable, DEFAULT, baked_seconds=60)
+    verdict = decide_canary(disagreeing, stable, DEFAULT, baked_seconds=60, now=NOON)
     assert verdict.outcome == "rollback" and verdict.check("agreement").status == "fail"  # type: ignore[union-attr]
-    assert judge_canary(disagreeing, stable, Policy(min_agreement=None), baked_seconds=60).outcome == "promote"
+    assert decide_canary(disagreeing, stable, Policy(min_agreement=None), baked_seconds=60, now=NOON).outcome == "promote"
 
 
 def test_errors_need_both_significance_and_the_limit() -> None:
@@ -234,14 +237,14 @@ def test_latency_ceiling_is_checked_with_a_test_not_a_single_sample() -> None:
     fast = _lognormal(11, 100, scale=5.0)
     stable = _evidence(1, fast, quality=0.9)
     one_spike = _evidence(2, [*fast[:-1], 500.0], quality=0.9, agreement=1.0)
-    assert judge_canary(one_spike, stable, policy, baked_seconds=60).outcome == "promote"
+    assert decide_canary(one_spike, stable, policy, baked_seconds=60, now=NOON).outcome == "promote"
     slow = _evidence(2, [x * 6 for x in fast], quality=0.9, agreement=1.0)
-    verdict = judge_canary(slow, stable, policy, baked_seconds=0)
+    verdict = decide_canary(slow, stable, policy, baked_seconds=0, now=NOON)
     assert verdict.outcome == "rollback" and verdict.check("latency_ceiling").status == "fail"  # type: ignore[union-attr]
 
 
 def test_preflight_first_version_passes_on_its_own() -> None:
-    verdict = judge_preflight(_evidence(1, _lognormal(12, 40), quality=0.9), DEFAULT, stable_quality=None)
+    verdict = decide_preflight(_evidence(1, _lognormal(12, 40), quality=0.9), DEFAULT, stable_quality=None, earlier_attempts=0)
     assert verdict.outcome == "promote", verdict.reason
 
 
@@ -257,14 +260,14 @@ def test_preflight_first_version_passes_on_its_own() -> None:
 def test_preflight_rejects(evidence: dict, policy: Policy, stable_quality: float | None, needle: str) -> None:
     samples = _lognormal(13, 40, scale=evidence.get("scale", 5.0))
     candidate = Evidence(1, tuple(samples), 40, evidence.get("errors", 0), evidence["quality"])
-    verdict = judge_preflight(candidate, policy, stable_quality=stable_quality)
+    verdict = decide_preflight(candidate, policy, stable_quality=stable_quality, earlier_attempts=0)
     assert verdict.outcome == "reject"
     assert needle in verdict.reason
 
 
 def test_preflight_waits_for_samples_and_quality() -> None:
-    assert judge_preflight(_evidence(1, _lognormal(14, 5), quality=0.9), DEFAULT, stable_quality=None).outcome == "wait"
-    no_quality = judge_preflight(_evidence(1, _lognormal(14, 40), quality=None), DEFAULT, stable_quality=0.9)
+    assert decide_preflight(_evidence(1, _lognormal(14, 5), quality=0.9), DEFAULT, stable_quality=None, earlier_attempts=0).outcome == "wait"
+    no_quality = decide_preflight(_evidence(1, _lognormal(14, 40), quality=None), DEFAULT, stable_quality=0.9, earlier_attempts=0)
     assert no_quality.outcome == "wait"
 
 
@@ -275,7 +278,7 @@ def test_verdicts_are_json_for_the_decision_rows() -> None:
     assert data["outcome"] == "rollback"
     assert {c["name"] for c in data["checks"]} >= {"latency", "errors", "quality", "agreement"}
     zero = Evidence(2, (0.0,) * 30, 30, 0, 0.9, 1.0)
-    odd = judge_canary(zero, zero, DEFAULT, baked_seconds=60).as_dict()
+    odd = decide_canary(zero, zero, DEFAULT, baked_seconds=60, now=NOON).as_dict()
     json.dumps(odd, allow_nan=False)
 
 
@@ -294,3 +297,27 @@ def test_impossible_evidence_is_refused_with_the_cause(kwargs: dict, needle: str
     with pytest.raises(EvidenceError, match="version 3") as info:
         Evidence(**fields)
     assert needle in str(info.value)
+
+
+def test_preflight_decision_is_final() -> None:
+    """What the judge returns is what the reconciler does: no golden set and too many undecided tries reject."""
+    assert decide_preflight(None, DEFAULT, stable_quality=0.9, earlier_attempts=0).outcome == "reject"
+    few = _evidence(1, _lognormal(14, 5), quality=0.9)
+    policy = Policy(preflight_attempts=3)
+    assert decide_preflight(few, policy, stable_quality=None, earlier_attempts=1).outcome == "wait"
+    last = decide_preflight(few, policy, stable_quality=None, earlier_attempts=2)
+    assert last.outcome == "reject" and "3 preflight attempts" in last.reason
+
+
+def test_canary_decision_respects_the_promotion_window() -> None:
+    from control_plane.policy import PromotionWindow
+
+    candidate = _evidence(2, _lognormal(21, 200), quality=0.9, agreement=1.0)
+    stable = _evidence(1, _lognormal(22, 200), quality=0.9)
+    weekdays = Policy(promotion_windows=(PromotionWindow(day_of_week="mon-fri", hour="9-16"),))
+    assert decide_canary(candidate, stable, weekdays, baked_seconds=60, now=NOON).outcome == "promote"
+    sunday = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    closed = decide_canary(candidate, stable, weekdays, baked_seconds=60, now=sunday)
+    assert closed.outcome == "wait" and "outside the promotion window" in closed.reason
+    slow = _evidence(2, tuple(x * 3 for x in _lognormal(23, 200)), quality=0.9, agreement=1.0)
+    assert decide_canary(slow, stable, weekdays, baked_seconds=60, now=sunday).outcome == "rollback"

@@ -23,7 +23,15 @@ from control_plane.local_triton import LocalTriton
 from control_plane.runtime import Runtime
 from control_plane.store.models import State
 from tests.classifier_models import publish
-from tests.test_control_plane import FAST_POLICY, establish_stable, make_runtime, ready, state_of, tick_until
+from tests.test_control_plane import (  # noqa: F401  (history_tells_the_truth: the audit after every test)
+    FAST_POLICY,
+    establish_stable,
+    history_tells_the_truth,
+    make_runtime,
+    ready,
+    state_of,
+    tick_until,
+)
 
 pytestmark = pytest.mark.triton
 
@@ -59,8 +67,8 @@ def test_control_plane_killed_during_canary_converges_on_restart(
         try:
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
-                record = rt.store.get_version("clf", candidate)
-                windows = rt.store.probe_windows("clf", candidate, role="candidate") if record else []
+                record = rt.store.read.get_version("clf", candidate)
+                windows = rt.store.read.probe_windows("clf", candidate, role="candidate") if record else []
                 if record is not None and record.state == State.canary and len(windows) >= 2:
                     break
                 assert process.poll() is None, process.stdout.read() if process.stdout else ""
@@ -117,10 +125,10 @@ def test_slower_version_rolled_back_with_history_on_postgresql(
         slow = publish(repo, tmp_path / "build", "clf", "slow")
         tick_until(rt, lambda: state_of(rt, "clf", slow) == State.rolled_back)
         assert ready(rt, "clf") == {stable}
-        history = {(row["model"], row["version"]): row for row in rt.store.history(model="clf")}
+        history = {(row["model"], row["version"]): row for row in rt.store.read.history(model="clf")}
         assert history[("clf", slow)]["state"] == "rolled_back"
         assert history[("clf", stable)]["state"] == "promoted" and history[("clf", stable)]["is_stable"]
-        assert len(rt.store.probe_windows("clf", slow, role="candidate")) >= 1
+        assert len(rt.store.read.probe_windows("clf", slow, role="candidate")) >= 1
     finally:
         rt.close()
 
@@ -211,7 +219,7 @@ def test_manual_rollback_pin_and_promote_are_recorded(
         done = shepherd(rt, "rollback", "clf", str(second), "--actor", "alice", "--reason", "bad clicks in A/B")
         assert done.returncode == 0, done.stdout + done.stderr
         assert state_of(rt, "clf", second) == State.rolled_back
-        stable = rt.store.stable("clf")
+        stable = rt.store.read.stable("clf")
         assert stable is not None and stable.version == first
         assert ready(rt, "clf") == {first}
 

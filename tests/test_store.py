@@ -8,22 +8,25 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import numpy as np
 import pytest
 from alembic import command
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from control_plane.errors import InvalidTransition, StoreError
-from control_plane.store import State, Store
+from control_plane.store import Decision, ModelRecord, ProbeWindowRecord, State, Store
 from control_plane.store.database import alembic_config
+from control_plane.store.evidence import INT_COLUMNS, JSON_COLUMNS, WINDOW_COLUMNS
 from tests.conftest import POSTGRES_URL
 
 SCHEMA_DOC = Path(__file__).resolve().parent.parent / "docs" / "schema.md"
@@ -86,11 +89,11 @@ def walk(store: Store, model: str, version: int, *states: State, clock: Clock | 
     for state in states:
         if clock is not None and step:
             clock.advance(step)
-        store.transition(model, version, state, reason=f"to {state}")
+        store.lifecycle.transition(model, version, state, reason=f"to {state}")
 
 
 def rows(store: Store, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    with store.engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(text(sql), params)]
 
 
@@ -102,25 +105,25 @@ def test_migrations_create_every_table_and_match_the_models(db_url: str) -> None
     jobs.shutdown()
     again = Store.open(db_url)  # a second open finds the schema at head and changes nothing
     try:
-        tables = set(inspect(again.engine).get_table_names())
+        tables = set(inspect(again.db.engine).get_table_names())
         assert tables >= TABLES | {"alembic_version", "apscheduler_jobs"}
         assert rows(again, "SELECT version_num FROM alembic_version") == [("0001",)]
         config = alembic_config()
         config.set_main_option("sqlalchemy.url", db_url.replace("%", "%%"))  # configparser interpolation
         command.check(config)  # raises when the migrated schema and models.py disagree
-        indexes = {i["name"] for i in inspect(again.engine).get_indexes("versions")}
+        indexes = {i["name"] for i in inspect(again.db.engine).get_indexes("versions")}
         assert "uq_versions_one_stable" in indexes
         command.downgrade(config, "base")  # the way back works too, and leaves other tables alone
-        assert set(inspect(again.engine).get_table_names()) == {"alembic_version", "apscheduler_jobs"}
+        assert set(inspect(again.db.engine).get_table_names()) == {"alembic_version", "apscheduler_jobs"}
     finally:
         again.close()
     with Store.open(db_url) as store:
-        assert set(inspect(store.engine).get_table_names()) >= TABLES
+        assert set(inspect(store.db.engine).get_table_names()) >= TABLES
 
 
 def test_processes_starting_together_on_a_fresh_database_all_succeed(db_url: str) -> None:
     """Three `shepherd tick`s from cron at the same minute: one migrates, the others wait and find it done."""
-    code = "import sys; from control_plane.store import Store; Store.open(sys.argv[1]).ensure_model('m', kind='k')"
+    code = "import sys; from control_plane.store import Store; Store.open(sys.argv[1]).lifecycle.ensure_model('m', kind='k')"
     procs = [
         subprocess.Popen([sys.executable, "-c", code, db_url], stderr=subprocess.PIPE, text=True) for _ in range(3)
     ]
@@ -135,16 +138,16 @@ def test_open_without_migrate_on_an_empty_database_reads_as_a_clear_error(db_url
     store = Store.open(db_url, migrate=False)
     try:
         with pytest.raises(StoreError, match=r"could not list versions: .*versions"):
-            store.versions()
+            store.read.versions()
     finally:
         store.close()
 
 
 # -- versions and transitions ------------------------------------------------------------------
 def test_record_version_is_idempotent_and_keeps_the_manifest(store: Store) -> None:
-    assert store.record_version("intent", 1, manifest=manifest(1, 0.91), kind="intent") is True
-    assert store.record_version("intent", 1, manifest=manifest(1, 0.5), kind="intent") is False
-    record = store.get_version("intent", 1)
+    assert store.lifecycle.record_version("intent", 1, manifest=manifest(1, 0.91), kind="intent") is True
+    assert store.lifecycle.record_version("intent", 1, manifest=manifest(1, 0.5), kind="intent") is False
+    record = store.read.get_version("intent", 1)
     assert record is not None
     assert (record.state, record.is_stable, record.quality_metric, record.quality_value) == (
         State.discovered,
@@ -156,26 +159,26 @@ def test_record_version_is_idempotent_and_keeps_the_manifest(store: Store) -> No
     assert record.discovered_at.tzinfo is not None and record.discovered_at == datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
     assert rows(store, "SELECT from_state, to_state, actor FROM transitions") == [(None, "discovered", "shepherd")]
     assert rows(store, "SELECT COUNT(*) FROM versions") == [(1,)]
-    assert store.get_version("intent", 2) is None and store.get_version("nobody", 1) is None
+    assert store.read.get_version("intent", 2) is None and store.read.get_version("nobody", 1) is None
 
 
 @pytest.mark.parametrize("bad", [0, -3, "2", True])
 def test_record_version_refuses_a_bad_version_number(store: Store, bad: Any) -> None:
     with pytest.raises(StoreError, match="positive integer"):
-        store.record_version("intent", bad, manifest={}, kind="intent")
+        store.lifecycle.record_version("intent", bad, manifest={}, kind="intent")
     assert rows(store, "SELECT COUNT(*) FROM versions") == [(0,)]
 
 
 def test_allowed_transitions_are_recorded_with_actor_and_evidence(store: Store, clock: Clock) -> None:
-    store.record_version("intent", 1, manifest=manifest(1), kind="intent")
+    store.lifecycle.record_version("intent", 1, manifest=manifest(1), kind="intent")
     clock.advance(5)
-    store.transition("intent", 1, State.preflight, reason="next candidate")
+    store.lifecycle.transition("intent", 1, State.preflight, reason="next candidate")
     clock.advance(5)
-    record = store.transition(
+    record = store.lifecycle.transition(
         "intent", 1, State.canary, reason="preflight passed", evidence={"p95": np.float64(3.5), "nan": float("nan")}
     )
     assert record.state == State.canary and record.state_changed_at == clock.at and record.reason == "preflight passed"
-    again = store.transition("intent", 1, State.canary, reason="repeat")  # already there: a no-op
+    again = store.lifecycle.transition("intent", 1, State.canary, reason="repeat")  # already there: a no-op
     assert again.reason == "preflight passed"
     history = rows(store, "SELECT from_state, to_state, actor, evidence FROM transitions ORDER BY id")
     assert [(f, t, a) for f, t, a, _ in history] == [
@@ -199,91 +202,91 @@ def test_allowed_transitions_are_recorded_with_actor_and_evidence(store: Store, 
     ],
 )
 def test_refused_transitions_raise_and_change_nothing(store: Store, path: tuple[State, ...], target: State) -> None:
-    store.record_version("intent", 1, manifest=manifest(1), kind="intent")
+    store.lifecycle.record_version("intent", 1, manifest=manifest(1), kind="intent")
     walk(store, "intent", 1, *path)
-    before = store.get_version("intent", 1)
+    before = store.read.get_version("intent", 1)
     count = rows(store, "SELECT COUNT(*) FROM transitions")
     with pytest.raises(InvalidTransition, match=rf"cannot move from \w+ to {target.value}") as caught:
-        store.transition("intent", 1, target, reason="should fail")
+        store.lifecycle.transition("intent", 1, target, reason="should fail")
     assert caught.value.exit_code == 22
-    assert store.get_version("intent", 1) == before
+    assert store.read.get_version("intent", 1) == before
     assert rows(store, "SELECT COUNT(*) FROM transitions") == count
 
 
 def test_a_person_may_bring_back_a_terminal_version(store: Store) -> None:
-    store.record_version("intent", 1, manifest=manifest(1), kind="intent")
+    store.lifecycle.record_version("intent", 1, manifest=manifest(1), kind="intent")
     walk(store, "intent", 1, State.preflight, State.canary, State.rolled_back)
-    record = store.transition("intent", 1, State.canary, reason="re-run by hand", actor="alice")
+    record = store.lifecycle.transition("intent", 1, State.canary, reason="re-run by hand", actor="alice")
     assert record.state == State.canary
     assert rows(store, "SELECT actor FROM transitions ORDER BY id DESC LIMIT 1") == [("alice",)]
     with pytest.raises(InvalidTransition):
-        store.transition("intent", 1, State.discovered, reason="no way back", actor="alice")
+        store.lifecycle.transition("intent", 1, State.discovered, reason="no way back", actor="alice")
 
 
 def test_unknown_version_and_state_are_clear_errors(store: Store) -> None:
     with pytest.raises(StoreError, match="unknown version intent v7"):
-        store.transition("intent", 7, State.preflight, reason="x")
-    store.record_version("intent", 1, manifest=manifest(1), kind="intent")
+        store.lifecycle.transition("intent", 7, State.preflight, reason="x")
+    store.lifecycle.record_version("intent", 1, manifest=manifest(1), kind="intent")
     with pytest.raises(StoreError, match="unknown state 'baked'"):
-        store.transition("intent", 1, "baked", reason="x")  # type: ignore[arg-type]
+        store.lifecycle.transition("intent", 1, "baked", reason="x")  # type: ignore[arg-type]
 
 
 # -- stable ------------------------------------------------------------------------------------
 def test_exactly_one_stable_version(store: Store, clock: Clock) -> None:
     for v in (1, 2, 3):
-        store.record_version("intent", v, manifest=manifest(v), kind="intent")
+        store.lifecycle.record_version("intent", v, manifest=manifest(v), kind="intent")
     walk(store, "intent", 1, State.preflight, State.promoted)
-    store.set_stable("intent", 1, reason="first version")
+    store.lifecycle.set_stable("intent", 1, reason="first version")
     clock.advance(60)
     walk(store, "intent", 2, State.preflight, State.canary, State.promoted)
     with pytest.raises(InvalidTransition, match="only a promoted version"):
-        store.set_stable("intent", 3, reason="not promoted")
-    store.set_stable("intent", 2, reason="canary passed")
+        store.lifecycle.set_stable("intent", 3, reason="not promoted")
+    store.lifecycle.set_stable("intent", 2, reason="canary passed")
 
-    old, new = store.get_version("intent", 1), store.stable("intent")
+    old, new = store.read.get_version("intent", 1), store.read.stable("intent")
     assert new is not None and new.version == 2 and new.stable_since == clock.at
     assert old is not None and (old.state, old.is_stable, old.retired_at) == (State.promoted, False, clock.at)
     assert rows(store, "SELECT COUNT(*) FROM versions WHERE is_stable") == [(1,)]
     marker = rows(store, "SELECT from_state, to_state, reason FROM transitions ORDER BY id DESC LIMIT 1")
     assert marker == [("promoted", "promoted", "canary passed")]
 
-    with store.engine.connect() as conn, pytest.raises(IntegrityError):  # the database refuses a second one
+    with store.db.engine.connect() as conn, pytest.raises(IntegrityError):  # the database refuses a second one
         conn.execute(text("UPDATE versions SET is_stable = true WHERE version = 1"))
         conn.commit()
 
-    store.transition("intent", 2, State.rolled_back, reason="manual rollback of the stable", actor="bob")
-    assert store.stable("intent") is None
-    assert store.get_version("intent", 2).retired_at == clock.at  # type: ignore[union-attr]
+    store.lifecycle.transition("intent", 2, State.rolled_back, reason="manual rollback of the stable", actor="bob")
+    assert store.read.stable("intent") is None
+    assert store.read.get_version("intent", 2).retired_at == clock.at  # type: ignore[union-attr]
 
 
 # -- rollouts, windows, decisions, alerts ------------------------------------------------------
 def test_rollouts_are_idempotent_per_candidate(store: Store, clock: Clock) -> None:
     for v in (1, 2):
-        store.record_version("intent", v, manifest=manifest(v), kind="intent")
-    first = store.start_rollout("intent", 2, 1)
-    assert store.start_rollout("intent", 2, 1) == first
-    rollout = store.open_rollout("intent", 2)
+        store.lifecycle.record_version("intent", v, manifest=manifest(v), kind="intent")
+    first = store.lifecycle.start_rollout("intent", 2, 1)
+    assert store.lifecycle.start_rollout("intent", 2, 1) == first
+    rollout = store.read.open_rollout("intent", 2)
     assert rollout is not None and (rollout.id, rollout.candidate, rollout.stable, rollout.phase) == (
         first,
         2,
         1,
         "canary",
     )
-    assert store.open_rollout("intent", 1) is None
+    assert store.read.open_rollout("intent", 1) is None
     clock.advance(30)
-    store.end_rollout(first, outcome="rolled_back")
-    store.end_rollout(first, outcome="promoted")  # closing twice keeps the first outcome
-    assert store.open_rollout("intent", 2) is None
+    store.lifecycle.end_rollout(first, outcome="rolled_back")
+    store.lifecycle.end_rollout(first, outcome="promoted")  # closing twice keeps the first outcome
+    assert store.read.open_rollout("intent", 2) is None
     assert rows(store, "SELECT outcome, phase FROM rollouts") == [("rolled_back", "ended")]
-    assert store.start_rollout("intent", 2, None) != first
+    assert store.lifecycle.start_rollout("intent", 2, None) != first
     with pytest.raises(StoreError, match="unknown rollout 999"):
-        store.end_rollout(999, outcome="x")
+        store.lifecycle.end_rollout(999, outcome="x")
 
 
 def test_probe_windows_keep_figures_and_unknown_keys(store: Store, clock: Clock) -> None:
     for v in (1, 2):
-        store.record_version("intent", v, manifest=manifest(v), kind="intent")
-    rollout = store.start_rollout("intent", 2, 1)
+        store.lifecycle.record_version("intent", v, manifest=manifest(v), kind="intent")
+    rollout = store.lifecycle.start_rollout("intent", 2, 1)
     start = clock.at
     figures = {
         "requests": np.int64(40),
@@ -298,92 +301,100 @@ def test_probe_windows_keep_figures_and_unknown_keys(store: Store, clock: Clock)
         "batch": 8,
         "raw": {"server": {"requests": 40}},
     }
-    first = store.add_probe_window(
+    first = store.evidence.add_probe_window(
         "intent", 2, role="candidate", rollout_id=rollout, started_at=start, ended_at=clock.advance(10), figures=figures
     )
-    store.add_probe_window(
+    store.evidence.add_probe_window(
         "intent", 1, role="stable", rollout_id=rollout, started_at=start, ended_at=clock.at, figures={"requests": 40}
     )
-    store.add_probe_window(
+    store.evidence.add_probe_window(
         "intent", 2, role="candidate", rollout_id=rollout, started_at=clock.advance(10), ended_at=clock.advance(10),
         figures={"requests": 5},
     )  # fmt: skip
-    windows = store.probe_windows("intent", 2, role="candidate", rollout_id=rollout)
+    windows = store.read.probe_windows("intent", 2, role="candidate", rollout_id=rollout)
     assert windows[0].id == first and len(windows) == 2
     w = windows[0]
     assert (w.requests, w.errors, w.p95_ms, w.p99_ms, w.triton_cpu_memory_bytes) == (40, 1, 12.5, None, 3_200_000_000)
     assert w.samples == (1.0, 2.5, 3.0) and w.failure_by_reason == {"OTHER": 1}
     assert w.raw == {"server": {"requests": 40}, "batch": 8}
-    assert len(store.probe_windows("intent", 2, since=start + timedelta(seconds=15))) == 1
-    assert [x.role for x in store.probe_windows("intent", 1)] == ["stable"]
+    assert len(store.read.probe_windows("intent", 2, since=start + timedelta(seconds=15))) == 1
+    assert [x.role for x in store.read.probe_windows("intent", 1)] == ["stable"]
 
     with pytest.raises(StoreError, match="role must be one of"):
-        store.add_probe_window(
+        store.evidence.add_probe_window(
             "intent", 2, role="shadow", rollout_id=None, started_at=start, ended_at=start, figures={}
         )
     with pytest.raises(StoreError, match="timezone-aware"):
-        store.add_probe_window(
+        store.evidence.add_probe_window(
             "intent", 2, role="candidate", rollout_id=None, started_at=datetime(2026, 1, 1), ended_at=start, figures={}
         )
     with pytest.raises(StoreError, match="p95_ms must be a number"):
-        store.add_probe_window(
+        store.evidence.add_probe_window(
             "intent", 2, role="candidate", rollout_id=None, started_at=start, ended_at=start, figures={"p95_ms": "fast"}
         )
     assert rows(store, "SELECT COUNT(*) FROM probe_windows") == [(3,)]
 
 
 def test_decisions_alerts_manual_actions_and_pins(store: Store, clock: Clock) -> None:
-    store.record_version("intent", 1, manifest=manifest(1), kind="intent")
-    store.add_decision(
-        "intent", 1, outcome="wait", reason="not enough samples", checks=[{"name": "latency", "n": 3}], policy={"a": 1}
+    store.lifecycle.record_version("intent", 1, manifest=manifest(1), kind="intent")
+    store.evidence.add_decision(
+        "intent",
+        1,
+        Decision(outcome="wait", reason="not enough samples", checks=[{"name": "latency", "n": 3}], policy={"a": 1}),
     )
     clock.advance(1)
-    store.add_decision("intent", 1, outcome="promote", reason="ok", checks={"latency": {"p": 0.4}}, policy={})
-    assert [(d.outcome, d.checks) for d in store.decisions("intent", 1)] == [
+    store.evidence.add_decision(
+        "intent", 1, Decision(outcome="promote", reason="ok", checks={"latency": {"p": 0.4}}, policy={})
+    )
+    assert [(d.outcome, d.checks) for d in store.read.decisions("intent", 1)] == [
         ("wait", [{"name": "latency", "n": 3}]),
         ("promote", {"latency": {"p": 0.4}}),
     ]
     with pytest.raises(StoreError, match="outcome must be one of"):
-        store.add_decision("intent", 1, outcome="maybe", reason="", checks={}, policy={})
+        store.evidence.add_decision("intent", 1, Decision(outcome="maybe", reason="", checks={}, policy={}))
 
-    sent = store.add_alert(event="rollback", model="intent", version=1, channel="slack", payload={"reason": "slow"})
-    failed = store.add_alert(event="rollback", model="intent", version=1, channel="email", payload={})
-    assert [a.id for a in store.pending_alerts()] == [sent, failed]
-    store.update_alert(sent, status="sent", attempts=1)
-    store.update_alert(failed, status="failed", attempts=3, last_error="SMTP 554")
-    assert store.pending_alerts() == []
+    sent = store.evidence.add_alert(
+        event="rollback", model="intent", version=1, channel="slack", payload={"reason": "slow"}
+    )
+    failed = store.evidence.add_alert(event="rollback", model="intent", version=1, channel="email", payload={})
+    assert [a.id for a in store.read.pending_alerts()] == [sent, failed]
+    store.evidence.update_alert(sent, status="sent", attempts=1)
+    store.evidence.update_alert(failed, status="failed", attempts=3, last_error="SMTP 554")
+    assert store.read.pending_alerts() == []
     assert rows(store, "SELECT status, attempts, last_error FROM alerts ORDER BY id") == [
         ("sent", 1, None),
         ("failed", 3, "SMTP 554"),
     ]
     with pytest.raises(StoreError, match="event must be one of"):
-        store.add_alert(event="party", model="intent", version=1, channel="slack", payload={})
+        store.evidence.add_alert(event="party", model="intent", version=1, channel="slack", payload={})
 
-    store.add_manual_action(model="intent", version=1, action="pin", actor="alice", reason="incident 42")
-    store.set_pin("intent", 1)
-    assert store.pinned("intent") == 1 and store.status()[0]["automation_paused"] is True
-    store.set_pin("intent", None)
-    assert store.pinned("intent") is None and store.pinned("unknown") is None
+    store.evidence.add_manual_action(model="intent", version=1, action="pin", actor="alice", reason="incident 42")
+    store.lifecycle.set_pin("intent", 1)
+    assert store.read.pinned("intent") == 1 and store.read.status()[0]["automation_paused"] is True
+    store.lifecycle.set_pin("intent", None)
+    assert store.read.pinned("intent") is None and store.read.pinned("unknown") is None
     with pytest.raises(StoreError, match="unknown version intent v9"):
-        store.set_pin("intent", 9)
+        store.lifecycle.set_pin("intent", 9)
     assert rows(store, "SELECT action, actor, reason FROM manual_actions") == [("pin", "alice", "incident 42")]
 
 
 def test_history_and_status_are_json_with_time_in_canary(store: Store, clock: Clock) -> None:
     for v in (1, 2, 3):
-        store.record_version("intent", v, manifest=manifest(v), kind="intent")
+        store.lifecycle.record_version("intent", v, manifest=manifest(v), kind="intent")
     walk(store, "intent", 1, State.preflight, State.promoted)
-    store.set_stable("intent", 1, reason="first version")
+    store.lifecycle.set_stable("intent", 1, reason="first version")
     walk(store, "intent", 2, State.preflight, State.canary)
-    rollout = store.start_rollout("intent", 2, 1)
+    rollout = store.lifecycle.start_rollout("intent", 2, 1)
     clock.advance(90)
-    store.add_decision("intent", 2, outcome="rollback", reason="p95 +60%", checks={}, policy={}, rollout_id=rollout)
-    store.transition("intent", 2, State.rolled_back, reason="p95 +60%")
+    store.evidence.add_decision(
+        "intent", 2, Decision(outcome="rollback", reason="p95 +60%", checks={}, policy={}, rollout_id=rollout)
+    )
+    store.lifecycle.transition("intent", 2, State.rolled_back, reason="p95 +60%")
     clock.advance(20)
     walk(store, "intent", 3, State.preflight, State.canary)
     clock.advance(30)  # v3 still in canary: counts up to now
 
-    history = store.history()
+    history = store.read.history()
     json.dumps(history)  # JSON-serialisable as it is
     by_version = {h["version"]: h for h in history}
     assert [(h["model"], h["version"], h["state"]) for h in history] == [
@@ -395,11 +406,138 @@ def test_history_and_status_are_json_with_time_in_canary(store: Store, clock: Cl
     assert by_version[2]["time_in_canary_s"] == 90.0 and by_version[3]["time_in_canary_s"] == 30.0
     assert by_version[2]["last_decision"]["outcome"] == "rollback"
     assert by_version[2]["last_decision"]["at"] == (clock.at - timedelta(seconds=50)).isoformat()
-    assert [h["version"] for h in store.history(since=clock.at - timedelta(seconds=40))] == [3]
-    assert store.history(model="other") == []
+    assert [h["version"] for h in store.read.history(since=clock.at - timedelta(seconds=40))] == [3]
+    assert store.read.history(model="other") == []
 
-    (status,) = store.status()
+    (status,) = store.read.status()
     assert (status["model"], status["stable"], status["candidate"], status["phase"]) == ("intent", 1, 3, "canary")
+
+
+# -- the reconciler's snapshot, decisions stored with their transition ---------------------------
+@contextmanager
+def counted_selects(store: Store) -> Iterator[list[str]]:
+    """The SELECT statements the store sends while the block runs."""
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append(statement)
+
+    event.listen(store.db.engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(store.db.engine, "before_cursor_execute", count)
+
+
+def test_snapshot_holds_the_whole_state_in_few_selects(store: Store, clock: Clock) -> None:
+    for v in (1, 2, 3, 4):
+        store.lifecycle.record_version("intent", v, manifest=manifest(v), kind="intent")
+    store.lifecycle.record_version("ranker", 1, manifest={}, kind="ranker")
+    walk(store, "intent", 1, State.preflight, State.promoted)
+    store.lifecycle.set_stable("intent", 1, reason="first version")
+    walk(store, "intent", 2, State.preflight, State.canary, State.rolled_back)
+    walk(store, "intent", 3, State.preflight, State.canary)
+    rollout = store.lifecycle.start_rollout("intent", 3, 1)
+    ended = store.lifecycle.start_rollout("intent", 2, 1)
+    store.lifecycle.end_rollout(ended, outcome="rolled_back")
+    store.lifecycle.set_pin("ranker", 1)
+    clock.advance(7)
+
+    with counted_selects(store) as selects:
+        snap = store.read.snapshot()
+    assert len(selects) <= 4, selects
+
+    assert snap.taken_at == clock.at
+    assert set(snap.models) == {"intent", "ranker"}
+    assert snap.models["ranker"] == ModelRecord(name="ranker", kind="ranker", pinned_version=1, automation_paused=True)
+    assert snap.models["intent"].pinned_version is None and snap.models["intent"].automation_paused is False
+    assert [(v.model, v.version) for v in snap.versions] == [("intent", n) for n in (1, 2, 3, 4)] + [("ranker", 1)]
+    assert snap.versions == tuple(store.read.versions())  # the same records the single reads give
+    assert [v.version for v in snap.versions_of("intent")] == [1, 2, 3, 4]
+    assert [v.version for v in snap.versions_of("intent", State.canary, State.discovered)] == [3, 4]
+    assert snap.versions_of("nobody") == []
+    assert snap.get("intent", 3) == store.read.get_version("intent", 3) and snap.get("intent", 9) is None
+    assert snap.stable("intent") == store.read.stable("intent") and snap.stable("ranker") is None
+    assert (snap.pinned("ranker"), snap.pinned("intent"), snap.pinned("nobody")) == (1, None, None)
+    assert snap.open_rollouts == (store.read.open_rollout("intent", 3),)
+    assert snap.open_rollout("intent", 3) is not None and snap.open_rollout("intent", 3).id == rollout  # type: ignore[union-attr]
+    assert snap.open_rollout("intent", 2) is None  # ended
+    assert snap.known("intent") == {1, 2, 3, 4} and snap.known("nobody") == set()
+
+
+def test_snapshot_of_an_empty_history(store: Store) -> None:
+    snap = store.read.snapshot()
+    assert (snap.models, snap.versions, snap.open_rollouts) == ({}, (), ())
+
+
+def decision_rows(store: Store) -> list[tuple[Any, ...]]:
+    return rows(store, "SELECT outcome, reason, rollout_id FROM decisions ORDER BY id")
+
+
+def test_a_transition_stores_its_decision_in_the_same_transaction(store: Store, clock: Clock) -> None:
+    for v in (1, 2):
+        store.lifecycle.record_version("intent", v, manifest=manifest(v), kind="intent")
+    walk(store, "intent", 2, State.preflight, State.canary)
+    rollout = store.lifecycle.start_rollout("intent", 2, 1)
+    clock.advance(60)
+    rollback = Decision(
+        outcome="rollback",
+        reason="p95 +60%",
+        checks=[{"name": "latency", "p": np.float64(0.001), "ratio": float("inf")}],
+        policy={"max_latency_increase": 0.2},
+        rollout_id=rollout,
+    )
+    record = store.lifecycle.transition("intent", 2, State.rolled_back, reason="p95 +60%", decision=rollback)
+    assert record.state == State.rolled_back
+    (stored,) = store.read.decisions("intent", 2)
+    assert (stored.outcome, stored.reason, stored.rollout_id, stored.at) == ("rollback", "p95 +60%", rollout, clock.at)
+    assert stored.checks == [{"name": "latency", "p": 0.001, "ratio": None}]
+    assert stored.policy == {"max_latency_increase": 0.2}
+    at = rows(store, "SELECT at FROM transitions WHERE to_state = 'rolled_back'")[0][0]
+    assert _at(at) == stored.at  # one instant for the move and its cause
+
+    clock.advance(5)  # already rolled back: a no-op, and no second decision
+    store.lifecycle.transition("intent", 2, State.rolled_back, reason="again", decision=rollback)
+    assert decision_rows(store) == [("rollback", "p95 +60%", rollout)]
+
+
+class NotJSONAble:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("decision", "error"),
+    [
+        (Decision(outcome="rollback", reason="x", checks={"obj": NotJSONAble()}, policy={}), StoreError),
+        (Decision(outcome="maybe", reason="x", checks={}, policy={}), StoreError),
+        (Decision(outcome="rollback", reason="x", checks={}, policy={}, rollout_id=999), StoreError),  # FK refused
+        (Decision(outcome="promote", reason="x", checks={}, policy={}), InvalidTransition),  # discovered -> promoted
+    ],
+)
+def test_a_transition_and_its_decision_are_stored_together_or_not_at_all(
+    store: Store, decision: Decision, error: type[Exception]
+) -> None:
+    store.lifecycle.record_version("intent", 1, manifest=manifest(1), kind="intent")
+    if error is not InvalidTransition:
+        walk(store, "intent", 1, State.preflight, State.canary)
+    target = State.promoted if error is InvalidTransition else State.rolled_back
+    before, transitions = store.read.get_version("intent", 1), rows(store, "SELECT COUNT(*) FROM transitions")
+    with pytest.raises(error):
+        store.lifecycle.transition("intent", 1, target, reason="x", decision=decision)
+    assert store.read.get_version("intent", 1) == before
+    assert rows(store, "SELECT COUNT(*) FROM transitions") == transitions
+    assert decision_rows(store) == []
+
+
+def test_probe_window_columns_are_read_off_the_table_and_match_the_record() -> None:
+    record_fields = {f.name for f in fields(ProbeWindowRecord)}
+    identity = {"id", "model", "version", "role", "rollout_id", "started_at", "ended_at", "raw"}
+    assert set(WINDOW_COLUMNS) == record_fields - identity
+    assert len(WINDOW_COLUMNS) == len(set(WINDOW_COLUMNS)) and {"requests", "p95_ms", "samples"} <= set(WINDOW_COLUMNS)
+    hints = get_type_hints(ProbeWindowRecord)  # the record's types agree with the column types
+    assert {n for n in WINDOW_COLUMNS if hints[n] == int | None} == INT_COLUMNS
+    assert {n for n in WINDOW_COLUMNS if hints[n] not in (int | None, float | None)} == JSON_COLUMNS
 
 
 # -- failures ----------------------------------------------------------------------------------
@@ -429,14 +567,14 @@ def test_an_unopenable_sqlite_file_is_a_store_error(tmp_path: Path) -> None:
 def test_a_database_that_dies_later_is_a_store_error(postgres_url: str) -> None:
     store = Store.open(postgres_url)
     try:
-        store.record_version("intent", 1, manifest={}, kind="intent")
+        store.lifecycle.record_version("intent", 1, manifest={}, kind="intent")
         name = make_url(postgres_url).database
         admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
         admin.dispose()
         with pytest.raises(StoreError, match=rf"{name}: could not read intent v1: .*{name}"):
-            store.get_version("intent", 1)
+            store.read.get_version("intent", 1)
     finally:
         store.close()
 
@@ -456,24 +594,26 @@ FAIL_ON_BOOM = {
 
 def test_a_write_that_fails_halfway_leaves_no_partial_row(store: Store) -> None:
     """Rows are updated before the transition row is inserted; when that insert fails, none of it stays."""
-    with store.engine.begin() as conn:
-        for statement in FAIL_ON_BOOM[store.engine.dialect.name]:
+    with store.db.engine.begin() as conn:
+        for statement in FAIL_ON_BOOM[store.db.engine.dialect.name]:
             conn.execute(text(statement))
     for v in (1, 2, 3):
-        store.record_version("intent", v, manifest=manifest(v), kind="intent")
+        store.lifecycle.record_version("intent", v, manifest=manifest(v), kind="intent")
     walk(store, "intent", 1, State.preflight, State.promoted)
-    store.set_stable("intent", 1, reason="first")
+    store.lifecycle.set_stable("intent", 1, reason="first")
     walk(store, "intent", 2, State.preflight, State.canary, State.promoted)
     walk(store, "intent", 3, State.preflight, State.canary)
-    before = store.versions()
+    before = store.read.versions()
     transitions = rows(store, "SELECT COUNT(*) FROM transitions")
 
     with pytest.raises(StoreError, match="boom refused"):
-        store.transition("intent", 3, State.rolled_back, reason="boom")  # versions updated, then the insert fails
+        store.lifecycle.transition(
+            "intent", 3, State.rolled_back, reason="boom"
+        )  # versions updated, then the insert fails
     with pytest.raises(StoreError, match="boom refused"):
-        store.set_stable("intent", 2, reason="boom")  # both stable flags flipped, then the insert fails
-    assert store.versions() == before
-    assert store.stable("intent").version == 1  # type: ignore[union-attr]
+        store.lifecycle.set_stable("intent", 2, reason="boom")  # both stable flags flipped, then the insert fails
+    assert store.read.versions() == before
+    assert store.read.stable("intent").version == 1  # type: ignore[union-attr]
     assert rows(store, "SELECT COUNT(*) FROM transitions") == transitions
 
 
@@ -496,55 +636,71 @@ def seed(store: Store, clock: Clock) -> dict[str, Any]:
     day_10, day_2, day_1 = today - timedelta(days=10), today - timedelta(days=2), today - timedelta(days=1)
     clock.at = day_10 + timedelta(hours=8)
     for v in (1, 2):
-        store.record_version("intent", v, manifest=manifest(v), kind="intent")
+        store.lifecycle.record_version("intent", v, manifest=manifest(v), kind="intent")
     walk(store, "intent", 1, State.preflight, State.promoted)
-    store.set_stable("intent", 1, reason="first version")
+    store.lifecycle.set_stable("intent", 1, reason="first version")
     walk(store, "intent", 2, State.preflight, State.canary)
-    rollout = store.start_rollout("intent", 2, 1)
+    rollout = store.lifecycle.start_rollout("intent", 2, 1)
     for p95, client in ((10.0, 11.0), (14.0, 15.0)):
         start = clock.at
-        store.add_probe_window(
+        store.evidence.add_probe_window(
             "intent", 1, role="stable", rollout_id=rollout, started_at=start, ended_at=clock.advance(300),
             figures={"p95_ms": p95, "client_p95_ms": client},
         )  # fmt: skip
-        store.add_probe_window(
+        store.evidence.add_probe_window(
             "intent", 2, role="candidate", rollout_id=rollout, started_at=start, ended_at=clock.at,
             figures={"p95_ms": p95 * 1.6},
         )  # fmt: skip
-    store.transition("intent", 2, State.rolled_back, reason="p95 latency +60% (Mann-Whitney p=0.001)")
-    store.end_rollout(rollout, outcome="rolled_back")
+    store.lifecycle.transition("intent", 2, State.rolled_back, reason="p95 latency +60% (Mann-Whitney p=0.001)")
+    store.lifecycle.end_rollout(rollout, outcome="rolled_back")
 
     clock.at = day_2 + timedelta(hours=10)
-    store.record_version("intent", 3, manifest=manifest(3, 0.86), kind="intent")
+    store.lifecycle.record_version("intent", 3, manifest=manifest(3, 0.86), kind="intent")
     walk(store, "intent", 3, State.preflight, State.canary)
-    rollout = store.start_rollout("intent", 3, 1)
+    rollout = store.lifecycle.start_rollout("intent", 3, 1)
     for p95 in (20.0, 22.0):
         start = clock.at
-        store.add_probe_window(
+        store.evidence.add_probe_window(
             "intent", 1, role="stable", rollout_id=rollout, started_at=start, ended_at=clock.advance(450),
             figures={"p95_ms": p95, "client_p95_ms": p95 + 1},
         )  # fmt: skip
-    store.add_decision(
-        "intent", 3, outcome="wait", reason="12 samples < 30", checks={"samples": 12}, policy={"min_samples": 30},
-        rollout_id=rollout,
-    )  # fmt: skip
-    store.add_decision(
-        "intent", 3, outcome="rollback", reason="quality 0.86 < 0.90 - 0.02",
-        checks={"quality": {"candidate": 0.86, "stable": 0.9}}, policy={"min_samples": 30}, rollout_id=rollout,
-    )  # fmt: skip
-    store.transition("intent", 3, State.rolled_back, reason="quality 0.86 < 0.90 - 0.02", evidence={"q": 0.86})
-    store.end_rollout(rollout, outcome="rolled_back")
-    store.add_alert(event="rollback", model="intent", version=3, channel="slack", payload={})
-    failed = store.add_alert(event="rollback", model="intent", version=3, channel="email", payload={})
-    store.update_alert(failed, status="failed", attempts=3, last_error="SMTP 554 relay denied")
-    store.update_alert(failed - 1, status="sent", attempts=1)
+    store.evidence.add_decision(
+        "intent",
+        3,
+        Decision(
+            outcome="wait",
+            reason="12 samples < 30",
+            checks={"samples": 12},
+            policy={"min_samples": 30},
+            rollout_id=rollout,
+        ),
+    )
+    store.evidence.add_decision(
+        "intent",
+        3,
+        Decision(
+            outcome="rollback",
+            reason="quality 0.86 < 0.90 - 0.02",
+            checks={"quality": {"candidate": 0.86, "stable": 0.9}},
+            policy={"min_samples": 30},
+            rollout_id=rollout,
+        ),
+    )
+    store.lifecycle.transition(
+        "intent", 3, State.rolled_back, reason="quality 0.86 < 0.90 - 0.02", evidence={"q": 0.86}
+    )
+    store.lifecycle.end_rollout(rollout, outcome="rolled_back")
+    store.evidence.add_alert(event="rollback", model="intent", version=3, channel="slack", payload={})
+    failed = store.evidence.add_alert(event="rollback", model="intent", version=3, channel="email", payload={})
+    store.evidence.update_alert(failed, status="failed", attempts=3, last_error="SMTP 554 relay denied")
+    store.evidence.update_alert(failed - 1, status="sent", attempts=1)
 
     clock.at = day_1 + timedelta(hours=9)
-    store.record_version("intent", 4, manifest=manifest(4), kind="intent")
+    store.lifecycle.record_version("intent", 4, manifest=manifest(4), kind="intent")
     walk(store, "intent", 4, State.preflight, State.canary)
     clock.advance(1200)
-    store.transition("intent", 4, State.promoted, reason="all checks passed")
-    store.set_stable("intent", 4, reason="all checks passed")
+    store.lifecycle.transition("intent", 4, State.promoted, reason="all checks passed")
+    store.lifecycle.set_stable("intent", 4, reason="all checks passed")
     return {
         "day_10": day_10.date(),
         "day_2": day_2.date(),
@@ -563,7 +719,7 @@ def _at(value: Any) -> datetime:
 
 def test_example_queries(store: Store, clock: Clock) -> None:
     seeded = seed(store, clock)
-    queries = documented_queries(store.engine.dialect.name)
+    queries = documented_queries(store.db.engine.dialect.name)
     assert set(queries) == {
         "rolled_back_last_week",
         "time_in_canary",
@@ -623,14 +779,14 @@ def test_two_writers_racing_on_one_version_cannot_both_win(db_url: str) -> None:
         return datetime.now(UTC)
 
     setup = Store.open(db_url)
-    setup.record_version("intent", 1, manifest=manifest(1), kind="intent")
+    setup.lifecycle.record_version("intent", 1, manifest=manifest(1), kind="intent")
     walk(setup, "intent", 1, State.preflight, State.canary)
     first, second = Store.open(db_url, clock=clock), Store.open(db_url, clock=clock)
     outcomes: dict[str, object] = {}
 
     def move(store: Store, target: State) -> None:
         try:
-            outcomes[target.value] = store.transition("intent", 1, target, reason=f"race to {target}").state
+            outcomes[target.value] = store.lifecycle.transition("intent", 1, target, reason=f"race to {target}").state
         except StoreError as exc:
             outcomes[target.value] = exc
 
@@ -649,7 +805,7 @@ def test_two_writers_racing_on_one_version_cannot_both_win(db_url: str) -> None:
         losers = [v for v in outcomes.values() if not isinstance(v, State)]
         assert len(winners) == 1 and len(losers) == 1, outcomes
         assert isinstance(losers[0], InvalidTransition), losers[0]
-        final = setup.get_version("intent", 1)
+        final = setup.read.get_version("intent", 1)
         assert final is not None and final.state.value == winners[0]
         assert rows(setup, "SELECT from_state, to_state FROM transitions WHERE from_state = 'canary'") == [
             ("canary", winners[0])

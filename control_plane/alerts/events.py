@@ -6,34 +6,18 @@ result; nothing along the way may change it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from control_plane.errors import AlertError
+from control_plane.jsonsafe import plain_json
 
-EVENTS = ("rollback", "failure", "promotion", "rejection")
+# The one list of lifecycle events that raise an alert, with how loud each is; the alerts table's
+# CHECK constraint and the log level of `control_plane.events.announce` are built from it.
+EVENT_SEVERITY = {"rollback": "critical", "failure": "critical", "rejection": "warning", "promotion": "info"}
+ALERT_EVENTS = tuple(EVENT_SEVERITY)
 SEVERITIES = ("critical", "warning", "info")
-
-
-def json_safe(value: Any) -> Any:
-    """`value` as plain JSON types: datetimes as ISO text, other objects as text, NaN and infinities as null."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [json_safe(v) for v in value]
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "item"):  # numpy scalars
-        return json_safe(value.item())
-    return str(value)
 
 
 @dataclass(frozen=True)
@@ -47,8 +31,8 @@ class AlertEvent:
     severity: str = "info"
 
     def __post_init__(self) -> None:
-        if self.event not in EVENTS:
-            raise AlertError(f"alert event {self.event!r} is not one of {', '.join(EVENTS)}")
+        if self.event not in ALERT_EVENTS:
+            raise AlertError(f"alert event {self.event!r} is not one of {', '.join(ALERT_EVENTS)}")
         if self.severity not in SEVERITIES:
             raise AlertError(f"alert severity {self.severity!r} is not one of {', '.join(SEVERITIES)}")
 
@@ -66,7 +50,7 @@ class AlertEvent:
             "reason": self.reason,
             "at": self.at.isoformat(),
             "severity": self.severity,
-            "evidence": json_safe(self.evidence),
+            "evidence": plain_json(self.evidence, where="evidence", default=str),
         }
 
 

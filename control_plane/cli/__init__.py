@@ -1,17 +1,24 @@
 """The `shepherd` command. Each sub-command group lives in its own module of this package.
 
-Exit codes: 0 success, 1 an unexpected error, 2 a usage error (typer), and otherwise the
-`exit_code` of the shepherd error raised (see control_plane.errors and builders.errors).
+Exit codes: 0 success, 2 a usage error (click/typer), otherwise the `exit_code` of the shepherd
+error raised (see shepherd_errors and README "Exit codes"); 1 is a bug or a pass that reported errors.
+Every failure is ONE line on stderr, `error: ...`; a bug's traceback shows only with SHEPHERD_DEBUG=1.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 
 import typer
 
+try:  # typer 0.2x vendors click: its usage errors are typer._click's classes, not the installed click's
+    from typer._click import exceptions as click_errors
+except ImportError:  # an older typer runs on click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
 from control_plane.cli import build_cmd, demo_cmd, history_cmd, rollout_cmd, triton_cmd
-from control_plane.cli.output import error_console
+from control_plane.cli.output import debug, print_error
 from shepherd_errors import ShepherdError
 
 app = typer.Typer(
@@ -34,24 +41,35 @@ app.command("demo")(demo_cmd.demo)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; shepherd errors become a one-line message and their exit code."""
+    """Run the CLI; every failure becomes one `error:` line on stderr and its exit code."""
     try:
         code = app(args=argv, standalone_mode=False)  # a typer.Exit(N) comes back as N here
     except ShepherdError as exc:
-        error_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print_error(str(exc))
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
-        error_console.print("aborted")
+        print_error("aborted")
         return 130
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except getattr(click_errors, "NoArgsIsHelpError", ()) as exc:  # `shepherd` or `shepherd triton` alone
+        typer.echo(exc.format_message())  # the help, on stdout
+        return int(exc.exit_code)
+    except click_errors.UsageError as exc:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        print_error(f"{exc.format_message()}{where}")
+        return exc.exit_code
+    except click_errors.ClickException as exc:
+        print_error(exc.format_message())
+        return exc.exit_code
+    except Exception as exc:  # a bug: say so in one line; the traceback is for SHEPHERD_DEBUG=1
+        if debug():
+            traceback.print_exc()
+        print_error(
+            f"unexpected {type(exc).__name__}: {exc} - this is a bug in shepherd; "
+            "SHEPHERD_DEBUG=1 shows the traceback to report"
+        )
+        return 1
     return code if isinstance(code, int) else 0
 
 

@@ -3,6 +3,7 @@
 Each build runs the steps of builders.pipeline; a progress line per step goes to stderr, a summary
 table to stdout at the end, and `--json` prints only the machine-readable results. The exit code
 is the failing error's `exit_code` (0 when every build succeeded); a failed build publishes nothing.
+Each failed build also prints one `error:` line on stderr, with `--json` too (stdout stays JSON).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from builders.pipeline import BuildOptions, BuildResult, Status, StepResult
 from builders.repository import ModelRepository
 from builders.tensorrt import EngineOptions
 from builders.triton_config import BatchingOptions, InstanceOptions
-from control_plane.cli.output import console, error_console, print_json, print_table
+from control_plane.cli.output import console, error_console, print_error, print_json, print_table
 
 app = typer.Typer(
     help="Build verified ONNX (and TensorRT) versions into the Triton model repository.", no_args_is_help=True
@@ -106,6 +107,7 @@ class _StepProgress:
         self.tasks: dict[str, Any] = {}
 
     def __call__(self, step: str, result: StepResult | None) -> None:
+        self.progress.start()  # on the first step (idempotent)
         if result is None:
             self.tasks[step] = self.progress.add_task(f"{self.label}: {step}", total=1)
             return
@@ -159,9 +161,9 @@ def _report(results: list[BuildResult], as_json: bool) -> None:
             if r.ok:
                 where = ", ".join(f"{p.model} version {p.version}" for p in r.published) or "nothing"
                 console.print(f"[green]{r.model}[/]: published {where}")
-            else:
-                error_console.print(f"[bold red]error:[/] {r.model}: {r.error}", highlight=False)
     failed = [r for r in results if not r.ok]
+    for r in failed:  # on stderr with --json too: stdout stays JSON, the reason still reaches a log
+        print_error(f"{r.model}: {r.error}")
     if failed:
         _exit(failed[0].exit_code)
 
@@ -174,20 +176,23 @@ def _run(as_json: bool, label: str, build: Callable[[Callable[[str, StepResult |
             with contextlib.redirect_stdout(sys.stderr):
                 outcome = build(None)
         else:
-            with Progress(
+            progress = Progress(
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
                 BarColumn(bar_width=20),
                 TimeElapsedColumn(),
                 console=error_console,
                 transient=False,
-            ) as progress:
+            )
+            try:
                 outcome = build(_StepProgress(progress, label))
+            finally:
+                if progress.live.is_started:  # an error before the first step stays one line
+                    progress.stop()
     except BuilderError as exc:  # raised before any step ran: bad options, a bad repository
         if as_json:
             print_json({"ok": False, "error": str(exc), "error_type": type(exc).__name__, "exit_code": exc.exit_code})
-        else:
-            error_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print_error(str(exc))
         _exit(exc.exit_code)
     _report(list(outcome) if isinstance(outcome, list | tuple) else [outcome], as_json)
 

@@ -79,7 +79,7 @@ def status(db: Db = None, as_json: Json = False) -> None:
     """Per model: the stable version, the candidate in flight and its phase."""
     store = open_store(db)
     try:
-        models = store.status()
+        models = store.read.status()
     finally:
         store.close()
     if as_json:
@@ -111,7 +111,7 @@ def history(db: Db = None, model: Model = None, since: Since = None, as_json: Js
     after = parse_since(since) if since else None
     store = open_store(db)
     try:
-        versions = store.history(model=model, since=after)
+        versions = store.read.history(model=model, since=after)
     finally:
         store.close()
     if as_json:

@@ -17,7 +17,8 @@ from typing import Annotated, Any
 import typer
 
 from control_plane import manual, reconciler, scheduler
-from control_plane.cli.output import console, error_console, print_json, print_table
+from control_plane.cli.output import console, print_error, print_json, print_table
+from control_plane.report import TickReport
 from control_plane.runtime import Runtime, open_runtime
 from control_plane.settings import load_settings
 
@@ -47,12 +48,12 @@ def _actor(actor: str | None) -> str:
         return actor
     try:
         return getpass.getuser()
-    except Exception:
+    except (OSError, KeyError):  # no login name and no passwd entry (a bare container)
         return os.environ.get("USER", "unknown")
 
 
 def _act(
-    action: Callable[[Runtime], reconciler.TickReport],
+    action: Callable[[Runtime], TickReport],
     connection: tuple[Path | None, Path | None, str | None, str | None, str | None],
     as_json: bool,
 ) -> None:
@@ -65,9 +66,9 @@ def _act(
     _show(report, as_json)
 
 
-def _show(report: reconciler.TickReport, as_json: bool) -> None:
+def _show(report: TickReport, as_json: bool) -> None:
     if as_json:
-        print_json({"actions": report.actions, "errors": report.errors})
+        print_json(report.as_dict())
     else:
         rows = [
             (
@@ -80,9 +81,9 @@ def _show(report: reconciler.TickReport, as_json: bool) -> None:
         ]
         print_table("What this pass did", ["action", "model", "version", "details"], rows)
         for error in report.errors:
-            error_console.print(f"[yellow]warning:[/] {error}", highlight=False)
+            print_error(str(error))
     if report.errors:
-        raise typer.Exit(1)
+        raise typer.Exit(report.exit_code)
 
 
 def tick(

@@ -15,7 +15,9 @@ app = typer.Typer(
     help="Run the real tritonserver (from the nvidia-pytriton wheel) on this machine.", no_args_is_help=True
 )
 
-HttpPort = Annotated[int, typer.Option("--http-port", help="HTTP port; also names the server for stop/status.")]
+HttpPort = Annotated[
+    int, typer.Option("--http-port", min=1, max=65535, help="HTTP port; also names the server for stop/status.")
+]
 StateDir = Annotated[
     Path | None, typer.Option("--state-dir", help="Where the pid, log and backends live (default: per port).")
 ]
@@ -26,8 +28,8 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 def start(
     repo: Annotated[Path, typer.Option("--repo", help="Model repository to serve.")] = Path("model_repository"),
     http_port: HttpPort = 8000,
-    grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
-    metrics_port: Annotated[int, typer.Option("--metrics-port")] = 8002,
+    grpc_port: Annotated[int, typer.Option("--grpc-port", min=1, max=65535)] = 8001,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", min=1, max=65535)] = 8002,
     state_dir: StateDir = None,
     log_file: Annotated[Path | None, typer.Option("--log-file", help="Server log (default: in the state dir).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for ready.")] = 120.0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,11 @@ from alembic.config import Config
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
+from control_plane.clock import Clock, utc_now
 from control_plane.errors import StoreError
+from control_plane.store.values import aware
 
 DEFAULT_URL = "sqlite:///shepherd.db"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -118,3 +122,29 @@ def migrate(engine: Engine, *, revision: str = "head") -> None:
 def ping(engine: Engine) -> None:
     with translated(mask_url(engine.url), "connect"), engine.connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+class Database:
+    """One open history database: its engine, its clock, and short transactions on it.
+
+    Why the clock lives here: every row the store writes is stamped with `now()`, and a runtime
+    driven by a fake clock must write the times it reads.
+    """
+
+    def __init__(self, engine: Engine, *, clock: Clock = utc_now) -> None:
+        self.engine = engine
+        self.safe_url = mask_url(engine.url)
+        self._clock = clock
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def now(self) -> datetime:
+        return aware(self._clock(), where="the store's clock")
+
+    @contextmanager
+    def tx(self, doing: str) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back (and translated) when it raises."""
+        with translated(self.safe_url, doing), self._sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -35,6 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from control_plane.alerts.events import ALERT_EVENTS  # the one list; the CHECK on alerts.event is built from it
+
 
 class State(enum.StrEnum):
     """Where a version is in its life; the names are the ones `shepherd history --json` prints."""
@@ -50,7 +52,6 @@ class State(enum.StrEnum):
 
 ROLES = ("candidate", "stable", "preflight")
 DECISION_OUTCOMES = ("promote", "rollback", "reject", "wait", "fail")
-ALERT_EVENTS = ("rollback", "failure", "promotion", "rejection")
 ALERT_STATUSES = ("pending", "sent", "failed")
 MANUAL_ACTIONS = ("promote", "rollback", "pin", "unpin")
 

@@ -7,11 +7,19 @@ be compared, logged and turned into JSON.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from control_plane.store.models import AlertRow, DecisionRow, ProbeWindowRow, RolloutRow, State, VersionRow
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    kind: str
+    pinned_version: int | None
+    automation_paused: bool
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,21 @@ class ProbeWindowRecord:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """What a judge decided about a version, to be stored (alone, or with the transition it causes).
+
+    `checks` holds every check with its figures and `policy` the thresholds applied; both are
+    cleaned to plain JSON on the way in, and anything with no JSON form is refused.
+    """
+
+    outcome: str
+    reason: str
+    checks: list[Any] | dict[str, Any]
+    policy: dict[str, Any]
+    rollout_id: int | None = None
+
+
+@dataclass(frozen=True)
 class DecisionRecord:
     id: int
     model: str
@@ -185,3 +208,46 @@ class AlertRecord:
             attempts=row.attempts,
             last_error=row.last_error,
         )
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """Everything the reconciler needs for one pass, read in one transaction at `taken_at`.
+
+    Why a snapshot: a pass that asked the database model by model would issue dozens of small
+    queries and could see a half-finished write of another process between two of them; one
+    consistent picture, then decisions, then writes through the lifecycle (which re-checks).
+    """
+
+    models: dict[str, ModelRecord]
+    versions: tuple[VersionRecord, ...]  # all of them, ordered by model and version
+    open_rollouts: tuple[RolloutRecord, ...]
+    taken_at: datetime
+    _by_model: dict[str, tuple[VersionRecord, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_model: dict[str, list[VersionRecord]] = {}
+        for record in sorted(self.versions, key=lambda v: (v.model, v.version)):
+            by_model.setdefault(record.model, []).append(record)
+        object.__setattr__(self, "_by_model", {m: tuple(vs) for m, vs in by_model.items()})
+
+    def versions_of(self, model: str, *states: State) -> list[VersionRecord]:
+        """The model's versions ordered by number; only those in `states` when any are named."""
+        return [v for v in self._by_model.get(model, ()) if not states or v.state in states]
+
+    def get(self, model: str, version: int) -> VersionRecord | None:
+        return next((v for v in self._by_model.get(model, ()) if v.version == version), None)
+
+    def stable(self, model: str) -> VersionRecord | None:
+        return next((v for v in self._by_model.get(model, ()) if v.is_stable), None)
+
+    def pinned(self, model: str) -> int | None:
+        record = self.models.get(model)
+        return record.pinned_version if record is not None else None
+
+    def open_rollout(self, model: str, candidate: int) -> RolloutRecord | None:
+        return next((r for r in self.open_rollouts if r.model == model and r.candidate == candidate), None)
+
+    def known(self, model: str) -> set[int]:
+        """The version numbers recorded for the model, whatever their state."""
+        return {v.version for v in self._by_model.get(model, ())}
