@@ -61,7 +61,7 @@ def intent_checkpoint(cache: Path, recipe: IntentRecipe, variant: str, progress:
     if summary_file.is_file() and (folder / "config.json").is_file():
         try:
             reused = json.loads(summary_file.read_text()).get("recipe") == asdict(recipe)
-        except ValueError:
+        except (OSError, ValueError):  # an unreadable or half-written summary: train again, overwriting it
             reused = False
     summary = json.loads(summary_file.read_text()) if reused else train_intent_classifier(folder, recipe)
     if progress is not None:

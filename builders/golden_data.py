@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from builders.errors import SourceError
+
+Row = TypeVar("Row")
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 INTENTS_CSV = "queries_intents.csv"
@@ -311,19 +317,27 @@ def write_golden(folder: Path = GOLDEN_DIR) -> list[Path]:
     return [intents_path, catalogue_path, queries_path]
 
 
+def _read_rows(path: Path, row: Callable[[dict[str, str]], Row]) -> list[Row]:
+    """Every row of a golden CSV; a missing, unreadable or malformed file is a SourceError naming it."""
+    try:
+        with open(path, newline="") as handle:
+            return [row(values) for values in csv.DictReader(handle)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SourceError(f"golden set {path} cannot be read: {exc}") from exc
+    except (KeyError, AttributeError) as exc:  # a column missing, or a short row (None for its value)
+        raise SourceError(f"golden set {path} lacks column or value {exc}") from exc
+
+
 def read_intents(folder: Path = GOLDEN_DIR) -> list[tuple[str, str]]:
-    with open(folder / INTENTS_CSV, newline="") as handle:
-        return [(row["query"], row["intent"]) for row in csv.DictReader(handle)]
+    return _read_rows(folder / INTENTS_CSV, lambda row: (row["query"], row["intent"]))
 
 
 def read_catalogue(folder: Path = GOLDEN_DIR) -> list[tuple[str, str]]:
-    with open(folder / CATALOGUE_CSV, newline="") as handle:
-        return [(row["product_id"], row["title"]) for row in csv.DictReader(handle)]
+    return _read_rows(folder / CATALOGUE_CSV, lambda row: (row["product_id"], row["title"]))
 
 
 def read_catalogue_queries(folder: Path = GOLDEN_DIR) -> list[tuple[str, list[str]]]:
-    with open(folder / CATALOGUE_QUERIES_CSV, newline="") as handle:
-        return [(row["query"], row["relevant_ids"].split()) for row in csv.DictReader(handle)]
+    return _read_rows(folder / CATALOGUE_QUERIES_CSV, lambda row: (row["query"], row["relevant_ids"].split()))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from builders.errors import BadOption, BuildFailed
 from builders.golden_data import INTENTS, TRAINING_SEED, intent_queries
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -174,9 +175,6 @@ def train_intent_classifier(out_dir: Path, recipe: IntentRecipe = RECIPES["base"
             loss_value = float(loss.detach())
     model.eval()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
     summary = {
         "recipe": asdict(recipe),
         "rows": len(rows),
@@ -184,12 +182,18 @@ def train_intent_classifier(out_dir: Path, recipe: IntentRecipe = RECIPES["base"
         "final_loss": round(loss_value, 4),
         "intents": list(INTENTS),
     }
-    (out_dir / "shepherd_recipe.json").write_text(json.dumps(summary, indent=2))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        (out_dir / "shepherd_recipe.json").write_text(json.dumps(summary, indent=2))
+    except OSError as exc:
+        raise BuildFailed(f"cannot write the trained intent checkpoint to {out_dir}: {exc}") from exc
     return summary
 
 
 def recipe_for(variant: str, **overrides: Any) -> IntentRecipe:
     """The recipe of a named variant (base, retrained, slow, damaged), optionally changed."""
     if variant not in RECIPES:
-        raise KeyError(f"unknown intent variant {variant!r}; choose one of {sorted(RECIPES)}")
+        raise BadOption(f"unknown intent variant {variant!r}; choose one of {sorted(RECIPES)}")
     return replace(RECIPES[variant], **overrides)

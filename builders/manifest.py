@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def builder_version() -> str:
+    """The installed shepherd version: what the manifest records as "builder_version".
+
+    A source checkout that was never installed has no distribution metadata; "0+unknown" says so.
+    """
+    try:
+        return metadata.version("triton-shepherd")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def utc_now() -> str:
@@ -73,6 +85,8 @@ class Manifest:
             return cls.from_dict(data)
         except FileNotFoundError as exc:
             raise BrokenManifest(f"manifest missing: {path}") from exc
+        except OSError as exc:
+            raise BrokenManifest(f"manifest cannot be read: {path}: {exc}") from exc
         except (ValueError, TypeError) as exc:
             raise BrokenManifest(f"manifest does not parse: {path}: {exc}") from exc
 

@@ -106,10 +106,10 @@ def export_onnx(
     if missing:
         raise ExportFailed(f"example has no tensor for input(s) {missing}; it has {sorted(example)}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     module.eval()
     kwargs = {name: example[name] for name in spec.input_names}
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with torch.no_grad(), _quiet():
             if dynamo:
                 program = torch.onnx.export(
@@ -222,11 +222,15 @@ def _as_list(result: Any, spec: ExportSpec) -> list[torch.Tensor]:
 
 
 def onnx_session(path: Path) -> Any:
+    """An onnxruntime CPU session of `path`; a file onnxruntime cannot load is an ExportFailed naming it."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own pybind types, all plain Exception subclasses
+        raise ExportFailed(f"onnxruntime cannot load {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -271,8 +275,7 @@ def verify_onnx(
         batch_count += 1
         feeds = {t.name: np.ascontiguousarray(batch[t.name]).astype(NUMPY_DTYPES[t.dtype]) for t in spec.inputs}
         rows += next(iter(feeds.values())).shape[0]
-        expected = torch_outputs(module, feeds, spec)
-        got = session.run(spec.output_names, feeds)
+        expected, got = _both_outputs(module, session, feeds, spec, f"batch {batch_count} of {label or onnx_path}")
         for name, want, have in zip(spec.output_names, expected, got, strict=True):
             _accumulate(acc[name], np.asarray(want), np.asarray(have), tolerance)
     if batch_count == 0:
@@ -281,6 +284,23 @@ def verify_onnx(
     return VerificationReport(
         checks=checks, batches=batch_count, rows=rows, passed=all(c.passed for c in checks), label=label
     )
+
+
+def _both_outputs(
+    module: torch.nn.Module, session: Any, feeds: dict[str, np.ndarray], spec: ExportSpec, where: str
+) -> tuple[list[np.ndarray], list[Any]]:
+    """PyTorch's and onnxruntime's outputs on one batch; either side raising cannot be verified."""
+    try:
+        expected = torch_outputs(module, feeds, spec)
+    except ExportFailed:
+        raise
+    except Exception as exc:  # whatever the user's module raises on these inputs
+        raise VerificationFailed(f"PyTorch raised on {where}: {type(exc).__name__}: {exc}") from exc
+    try:
+        got = session.run(spec.output_names, feeds)
+    except Exception as exc:  # onnxruntime's own pybind error types
+        raise VerificationFailed(f"onnxruntime raised on {where}: {type(exc).__name__}: {exc}") from exc
+    return expected, got
 
 
 def _accumulate(acc: _Accumulator, want: np.ndarray, have: np.ndarray, tolerance: Tolerance) -> None:
@@ -359,12 +379,12 @@ def optimize_onnx(src: Path, dst: Path, *, fp16: bool = False) -> Path:
     import onnxruntime as ort
 
     src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(dst)
     try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
         source = src
         if fp16:
             # Convert first, then let onnxruntime optimise and write the graph: the converter

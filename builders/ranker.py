@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from builders.errors import BadOption, SourceError
+from builders.errors import BadOption, BuildFailed, SourceError
 from builders.manifest import sha256_file
 from builders.onnx_export import ExportSpec, TensorSpec, Tolerance
 from builders.pipeline import BuildOptions, BuildResult, ModelSource, Progress, Runner, build_model
@@ -328,7 +328,7 @@ def _factory_file(factory: str) -> Path | None:
     module = sys.modules.get(factory.partition(":")[0])
     try:
         return Path(inspect.getfile(module)) if module is not None else None
-    except (TypeError, OSError):
+    except (TypeError, OSError):  # a built-in or generated module has no source file: the manifest says None
         return None
 
 
@@ -458,7 +458,10 @@ def build_ranker_example(
     model, factory = train_example(variant, seed=seed)
     with tempfile.TemporaryDirectory(prefix="shepherd-ranker-") as scratch:
         folder = Path(checkpoints) if checkpoints else Path(scratch)
-        folder.mkdir(parents=True, exist_ok=True)
         weights = folder / f"{options.name}-{variant}-seed{seed}.pt"
-        torch.save(model.state_dict(), weights)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), weights)
+        except OSError as exc:
+            raise BuildFailed(f"cannot write the example ranker's state dict {weights}: {exc}") from exc
         return build_ranker(repo, factory=factory, weights=weights, options=options, progress=progress)

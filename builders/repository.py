@@ -131,6 +131,8 @@ class ModelRepository:
             raise BrokenConfig(f"{path} is missing") from exc
         except UnicodeDecodeError as exc:
             raise BrokenConfig(f"{path} is not text: {exc}") from exc
+        except OSError as exc:
+            raise BrokenConfig(f"{path} cannot be read: {exc}") from exc
         return parse_config(text, source=str(path))
 
     def write_config(self, name: str, config: ModelConfig) -> Path:

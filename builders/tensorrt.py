@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from builders.errors import BadOption, EngineUnavailable
+from builders.errors import BadOption, BuildFailed, EngineUnavailable
 from builders.specs import NUMPY_DTYPES, ExportSpec
 from builders.triton_config import TENSORRT_PLATFORM, BatchingOptions, InstanceOptions, model_config
 
@@ -157,7 +157,7 @@ def build_engine(
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes()):
+    if not parser.parse(_read(Path(onnx_path), "ONNX file")):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineUnavailable(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
@@ -177,16 +177,26 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineUnavailable(f"TensorRT failed to build an engine from {onnx_path}; see its log above")
-    if options.timing_cache and cache is not None:
-        Path(options.timing_cache).write_bytes(memoryview(config.get_timing_cache().serialize()))
-    dst = Path(dst)
-    dst.write_bytes(memoryview(serialized))
+    try:
+        if options.timing_cache and cache is not None:
+            Path(options.timing_cache).write_bytes(memoryview(config.get_timing_cache().serialize()))
+        dst = Path(dst)
+        dst.write_bytes(memoryview(serialized))
+    except OSError as exc:
+        raise BuildFailed(f"cannot write the engine or its timing cache: {exc}") from exc
     return dst
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BuildFailed(f"{what} {path} cannot be read: {exc}") from exc
 
 
 def _load_timing_cache(config: Any, path: str | None) -> Any:
     """Reuse tactic timings between builds: the same engine builds in seconds instead of minutes."""
-    data = Path(path).read_bytes() if path and Path(path).is_file() else b""
+    data = _read(Path(path), "timing cache") if path and Path(path).is_file() else b""
     cache = config.create_timing_cache(data)
     config.set_timing_cache(cache, ignore_mismatch=False)
     return cache

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,23 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from builders import build_steps
 from builders import golden_inputs as golden
+from builders.build_inputs import BuildContext, BuildOptions, ModelSource, Runner
 from builders.errors import SourceError
-from builders.manifest import Manifest, sha256_file
-from builders.onnx_export import ExportSpec, TensorSpec, Tolerance, export_onnx
-from builders.pipeline import (
-    BuildOptions,
-    BuildResult,
-    ModelSource,
-    Progress,
-    Runner,
-    Status,
-    Step,
-    StepResult,
-    build_model,
-    builder_version,
-    plan,
-)
+from builders.manifest import Manifest, builder_version, sha256_file
+from builders.onnx_export import ExportSpec, TensorSpec, Tolerance
+from builders.pipeline import BuildResult, Progress, plan, run_build
+from builders.plan import Done, Step
 from builders.repository import ModelRepository, PublishedVersion
 from builders.triton_config import EnsembleStep, ensemble_config, python_model_config
 
@@ -141,7 +132,9 @@ def _sentence_transformers_layout(root: Path) -> tuple[Path, dict[str, Any] | No
     )
     normalize = any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
     unsupported = [
-        m["type"] for m in modules if not str(m.get("type", "")).endswith((".Transformer", ".Pooling", ".Normalize"))
+        m.get("type")
+        for m in modules
+        if not str(m.get("type", "")).endswith((".Transformer", ".Pooling", ".Normalize"))
     ]
     if unsupported:
         raise SourceError(
@@ -168,6 +161,23 @@ def _pooling_mode(config: dict[str, Any] | None, source: Path) -> str:
     raise SourceError(f"pooling {modes} in {source} is not supported; shepherd exports mean or CLS pooling")
 
 
+def _whole_number(value: Any, what: str, source: Path) -> int:
+    """`value` as an int; a config field that is not a number is the checkpoint's problem, named."""
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise SourceError(f"{what} in {source} is not a whole number: {value!r}") from exc
+
+
+def _file_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file of the checkpoint (hidden files and .git left out), by relative path."""
+    try:
+        hashed = [p for p in root.rglob("*") if p.is_file() and ".git" not in p.parts and not p.name.startswith(".")]
+        return {str(p.relative_to(root)): sha256_file(p) for p in sorted(hashed)}
+    except OSError as exc:
+        raise SourceError(f"checkpoint {root} cannot be read: {exc}") from exc
+
+
 def _checkpoint_hash(files: dict[str, str]) -> str:
     digest = hashlib.sha256()
     for name in sorted(files):
@@ -179,20 +189,17 @@ def _prepare_tokenizer(path: Path, max_length: int, pad_token: str | None) -> tu
     """The tokenizer.json Triton will run: truncation at `max_length`, padding to the longest row."""
     from tokenizers import Tokenizer
 
-    try:
+    try:  # tokenizers raises plain Exception subclasses for a bad file or a setting it refuses
         tokenizer = Tokenizer.from_file(str(path))
+        tokenizer.enable_truncation(max_length=max_length)
+        token = pad_token if pad_token and tokenizer.token_to_id(pad_token) is not None else None
+        if token is None:
+            token = next((c for c in ("[PAD]", "<pad>", "<|padding|>") if tokenizer.token_to_id(c) is not None), None)
+        pad_id = tokenizer.token_to_id(token) if token else 0
+        tokenizer.enable_padding(pad_id=pad_id, pad_token=token or "[PAD]")
+        return tokenizer.to_str().encode(), tokenizer.get_vocab_size(with_added_tokens=True)
     except Exception as exc:
         raise SourceError(f"tokenizer {path} cannot be read: {exc}") from exc
-    tokenizer.enable_truncation(max_length=max_length)
-    token = pad_token if pad_token and tokenizer.token_to_id(pad_token) is not None else None
-    if token is None:
-        for candidate in ("[PAD]", "<pad>", "<|padding|>"):
-            if tokenizer.token_to_id(candidate) is not None:
-                token = candidate
-                break
-    pad_id = tokenizer.token_to_id(token) if token else 0
-    tokenizer.enable_padding(pad_id=pad_id, pad_token=token or "[PAD]")
-    return tokenizer.to_str().encode(), tokenizer.get_vocab_size(with_added_tokens=True)
 
 
 def inspect_checkpoint(path: Path, kind: str) -> TextCheckpoint:
@@ -226,20 +233,21 @@ def inspect_checkpoint(path: Path, kind: str) -> TextCheckpoint:
         if (folder / "tokenizer_config.json").is_file():
             tokenizer_config = _read_json(folder / "tokenizer_config.json", "tokenizer_config.json")
             break
-    positions = int(config.get("max_position_embeddings") or 512)
+    config_path = model_dir / "config.json"
+    positions = _whole_number(config.get("max_position_embeddings") or 512, "max_position_embeddings", config_path)
     declared = tokenizer_config.get("model_max_length")
     # As sentence-transformers does: its max_seq_length wins over the tokenizer's model_max_length.
     if max_seq:
-        max_length = min(positions, int(max_seq))
+        max_length = min(positions, _whole_number(max_seq, "max_seq_length", root))
     else:
         max_length = min(positions, declared) if isinstance(declared, int) and declared > 0 else positions
     pad_token = tokenizer_config.get("pad_token")
     prepared, tokenizer_size = _prepare_tokenizer(
         tokenizer_path, max_length, pad_token if isinstance(pad_token, str) else None
     )
-    vocab_size = int(config.get("vocab_size") or 0)
+    vocab_size = _whole_number(config.get("vocab_size") or 0, "vocab_size", config_path)
     if vocab_size <= 0:
-        raise SourceError(f"{model_dir / 'config.json'} has no vocab_size")
+        raise SourceError(f"{config_path} has no vocab_size")
     if tokenizer_size > vocab_size:
         raise SourceError(
             f"tokenizer {tokenizer_path} does not match the model: it has {tokenizer_size} tokens but the "
@@ -259,8 +267,7 @@ def inspect_checkpoint(path: Path, kind: str) -> TextCheckpoint:
         except (TypeError, ValueError) as exc:
             raise SourceError(f"{model_dir / 'config.json'}: id2label keys must be class numbers: {exc}") from exc
     pooling = _pooling_mode(pooling_config, root) if kind == "embedder" else "mean"
-    hashed = [p for p in root.rglob("*") if p.is_file() and ".git" not in p.parts and not p.name.startswith(".")]
-    files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(hashed)}
+    files = _file_hashes(root)
     return TextCheckpoint(
         path=root,
         kind=kind,
@@ -376,10 +383,9 @@ def _golden_set(checkpoint: TextCheckpoint) -> golden.GoldenInputs | None:
     tokenizer = Tokenizer.from_str(checkpoint.tokenizer_json.decode())
     if checkpoint.kind == "embedder":
         return golden.embedder_golden(tokenizer)
-    try:
-        return golden.intent_golden(tokenizer, checkpoint.labels)
-    except SourceError:
+    if not {intent for _, intent in golden.read_intents()} <= set(checkpoint.labels):
         return None  # a classifier for other intents: verified on the golden queries, not scored
+    return golden.intent_golden(tokenizer, checkpoint.labels)
 
 
 def _quality(golden_set: golden.GoldenInputs | None, fallback: str) -> Callable[[Runner], dict[str, Any]]:
@@ -429,6 +435,7 @@ def text_source(checkpoint: TextCheckpoint) -> ModelSource:
         quality=_quality(golden_set, "the model's labels do not cover the golden intents"),
         tolerance=tolerance,
         info=checkpoint.info(),
+        extra_files={golden.TOKENIZER_FILE: checkpoint.tokenizer_json},
     )
 
 
@@ -500,51 +507,56 @@ def publish_ensemble(
 
 
 # -- builds --------------------------------------------------------------------------------------
-def _failed_inspection(options: BuildOptions, kind: str, error: SourceError, progress: Progress | None) -> BuildResult:
-    """The result of a build whose checkpoint failed inspection: load FAIL, every other step SKIPPED."""
-    steps: list[StepResult] = []
-    for step_name, _ in plan(options):
-        if step_name == "load":
-            result = StepResult("load", Status.FAIL, message=str(error))
-        else:
-            result = StepResult(step_name, Status.SKIPPED, message="an earlier step failed" if steps else "")
-        steps.append(result)
-        if progress is not None:
-            progress(step_name, result)
-    return BuildResult(model=options.name, kind=kind, steps=tuple(steps), error=error)
+def load_text_step(checkpoint_dir: Path, kind: str) -> Step:
+    """The text models' `load`: inspect the checkpoint (no weights yet), then load it.
 
-
-def _export_step(build: Any) -> dict[str, Any]:
-    """The pipeline's export, with the TorchScript exporter for embedders.
-
-    Why: torch 2.13's dynamo exporter names the word-embedding lookup's value `embedding` (after
-    the aten op) and then also names the graph output `embedding`, which breaks ONNX's
-    single-assignment rule; the TorchScript exporter has no such clash. Both are verified alike.
+    Besides the source it makes the inspected `checkpoint`, which the tokenizer and ensemble
+    step needs; a checkpoint that fails inspection fails this step with its SourceError.
     """
-    dynamo = build.src.kind != "embedder"
-    path = export_onnx(build.src.module, build.spec, build.src.example, build.workdir / "model.onnx", dynamo=dynamo)
-    build.onnx_path = build.served_onnx = path
-    return {"opset": build.spec.opset, "bytes": path.stat().st_size, "exporter": "dynamo" if dynamo else "torchscript"}
+
+    def run(ctx: BuildContext) -> Done:
+        checkpoint = inspect_checkpoint(checkpoint_dir, kind)
+        done = build_steps.loaded(ctx, text_source(checkpoint))
+        return Done(done.figures, done.made | {"checkpoint": checkpoint})
+
+    return Step("load", run, makes=(*build_steps.LOAD_MAKES, "checkpoint"))
 
 
-def _entries_step(repo: ModelRepository, checkpoint: TextCheckpoint, options: BuildOptions) -> Step:
-    def publish_entries(build: Any) -> dict[str, Any]:
-        """Tokenizer and ensemble after the model version: the ensemble's config names the model."""
-        if "onnx" not in options.model_names():
-            return {"skipped": "no ONNX model published"}
-        published: list[PublishedVersion] = build.published
-        spec = build.spec
-        figures: dict[str, Any] = {}
-        for entry in (
-            publish_tokenizer(repo, options.name, checkpoint, options),
-            publish_ensemble(repo, options.name, checkpoint, spec, options),
-        ):
-            if entry is not None:
-                published.append(entry)
-                figures[entry.model] = entry.version
-        return {"published": figures} if figures else {"published": "unchanged"}
+def publish_entries(
+    ctx: BuildContext, *, checkpoint: TextCheckpoint, spec: ExportSpec, published: tuple[PublishedVersion, ...]
+) -> Done:
+    """Tokenizer and ensemble after the model version: the ensemble's config names the model."""
+    figures: dict[str, Any] = {}
+    entries: list[PublishedVersion] = []
+    for entry in (
+        publish_tokenizer(ctx.repo, ctx.options.name, checkpoint, ctx.options),
+        publish_ensemble(ctx.repo, ctx.options.name, checkpoint, spec, ctx.options),
+    ):
+        if entry is not None:
+            entries.append(entry)
+            figures[entry.model] = entry.version
+    return Done({"published": figures or "unchanged"}, {"published": (*published, *entries)})
 
-    return ("text_entries", publish_entries)
+
+TEXT_ENTRIES = Step("text_entries", publish_entries, needs=("checkpoint", "spec", "published"), makes=("published",))
+
+
+def text_plan(options: BuildOptions, checkpoint_dir: Path, kind: str) -> list[Step]:
+    """The standard plan with the text models' load, exporter and tokenizer/ensemble step.
+
+    Embedders export with the TorchScript exporter. Why: torch 2.13's dynamo exporter names the
+    word-embedding lookup's value `embedding` (after the aten op) and then also names the graph
+    output `embedding`, which breaks ONNX's single-assignment rule; the TorchScript exporter has
+    no such clash. Both are verified alike. The tokenizer and ensemble wrap the ONNX model, so
+    they are skipped when only a TensorRT engine is asked for.
+    """
+    entries = TEXT_ENTRIES if "onnx" in options.model_names() else TEXT_ENTRIES.skipped("no ONNX model published")
+    return plan(
+        options,
+        load_text_step(checkpoint_dir, kind),
+        export=build_steps.export_step(dynamo=kind != "embedder"),
+        after_publish=(entries,),
+    )
 
 
 def build_text_model(
@@ -556,22 +568,7 @@ def build_text_model(
     progress: Progress | None = None,
 ) -> BuildResult:
     """Build `kind` ("intent" | "embedder") from a checkpoint directory as a new version of `options.name`."""
-    try:
-        checkpoint = inspect_checkpoint(checkpoint_dir, kind)
-    except SourceError as exc:
-        return _failed_inspection(options, kind, exc, progress)
-    steps: Sequence[Step] = [
-        *((name, _export_step if name == "export" else function) for name, function in plan(options)),
-        _entries_step(repo, checkpoint, options),
-    ]
-    return build_model(
-        repo,
-        lambda: text_source(checkpoint),
-        options,
-        progress=progress,
-        extra_files={golden.TOKENIZER_FILE: checkpoint.tokenizer_json},
-        steps=steps,
-    )
+    return run_build(repo, options, text_plan(options, checkpoint_dir, kind), progress=progress, kind=kind)
 
 
 def build_intent(

@@ -76,6 +76,23 @@ def test_export_has_dynamic_batch_and_sequence_axes(exported: tuple[Pooler, Path
     assert not list(path.parent.glob("*.data")), "weights must live inside model.onnx (no external data)"
 
 
+def test_foreign_failures_come_back_as_builders_errors(exported: tuple[Pooler, Path], tmp_path: Path) -> None:
+    """A file onnxruntime cannot load, or a module that raises, is named as a builders error with its cause."""
+    _, path = exported
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx graph")
+    with pytest.raises(ExportFailed, match="onnxruntime cannot load") as refused:
+        onnx_session(garbage)
+    assert refused.value.__cause__ is not None
+
+    class Raises(nn.Module):
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("boom")
+
+    with pytest.raises(VerificationFailed, match="PyTorch raised on batch 1 of random: RuntimeError: boom"):
+        verify_onnx(Raises(), path, batches(), SPEC, Tolerance(), label="random")
+
+
 def test_verification_passes_on_random_sizes(exported: tuple[Pooler, Path]) -> None:
     module, path = exported
     report = verify_onnx(module, path, batches(), SPEC, Tolerance(min_cosine=0.9999, argmax=True), label="random")

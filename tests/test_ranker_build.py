@@ -16,10 +16,12 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 
-from builders.errors import SourceError, VerificationFailed
+from builders.build_steps import load_step
+from builders.errors import BuildFailed, SourceError, VerificationFailed
 from builders.manifest import sha256_file
 from builders.onnx_export import onnx_session
-from builders.pipeline import BuildOptions, Status, build_model, plan
+from builders.pipeline import BuildOptions, ModelSource, Status, Step, plan, run_build
+from builders.plan import Done, run_plan
 from builders.ranker import (
     DLRM,
     GOLDEN_CSV,
@@ -197,22 +199,83 @@ def test_a_wrong_export_fails_verification_and_publishes_nothing(
     module_name, weights = user_factory
     source = ranker_source(f"{module_name}:make", weights)
 
-    def tamper(build: object) -> dict[str, object]:
+    def tamper(ctx: object) -> Done:
         with torch.no_grad():
             for parameter in source.module.parameters():
                 parameter.add_(0.5)
-        return {"tampered": True}
+        return Done({"tampered": True})
 
-    steps = plan(BuildOptions(name="ctr_ranker"))
-    steps.insert([name for name, _ in steps].index("export") + 1, ("tamper", tamper))
+    options = BuildOptions(name="ctr_ranker")
+    steps = plan(options, load_step(lambda: source))
+    steps.insert([step.name for step in steps].index("export") + 1, Step("tamper", tamper))
     before = snapshot(repo.root)
-    result = build_model(repo, lambda: source, BuildOptions(name="ctr_ranker"), steps=steps)
+    result = run_build(repo, options, steps)
     assert isinstance(result.error, VerificationFailed) and result.exit_code == 41
     failed = next(step for step in result.steps if step.status is Status.FAIL)
     assert failed.name == "verify_random" and "click_probability" in failed.message and "max abs" in failed.message
     assert [step.status for step in result.steps[result.steps.index(failed) + 1 :]] == [Status.SKIPPED] * 5
     assert not result.published and snapshot(repo.root) == before
     assert not (repo.root / "ctr_ranker").exists()
+
+
+def test_a_plan_without_the_step_that_makes_an_input_fails_naming_it(
+    repo: ModelRepository, user_factory: tuple[str, Path]
+) -> None:
+    """The export is left out: verify_random declares it needs `onnx`, so it fails there, naming it."""
+    module_name, weights = user_factory
+    options = BuildOptions(name="ctr_ranker")
+    full = plan(options, load_step(lambda: ranker_source(f"{module_name}:make", weights)))
+    steps = [step for step in full if step.name != "export"]
+    before = snapshot(repo.root)
+    result = run_build(repo, options, steps)
+    assert isinstance(result.error, BuildFailed) and result.exit_code == 44
+    failed = next(step for step in result.steps if step.status is Status.FAIL)
+    assert failed.name == "verify_random" and "'onnx'" in failed.message and "no earlier step made" in failed.message
+    assert next(step for step in result.steps if step.name == "load").status is Status.OK
+    assert not result.published and snapshot(repo.root) == before
+
+
+def test_a_step_that_does_not_make_what_it_declares_fails() -> None:
+    def liar(ctx: object) -> Done:
+        return Done({}, {"other": 1})
+
+    def reader(ctx: object, *, made: int) -> Done:
+        raise AssertionError("never runs: an earlier step failed")
+
+    run = run_plan([Step("liar", liar, makes=("made",)), Step("reader", reader, needs=("made",))], context=None)
+    assert [r.status for r in run.results] == [Status.FAIL, Status.SKIPPED]
+    assert "declares it makes ['made'] but made ['other']" in run.results[0].message
+    assert isinstance(run.error, BuildFailed) and "made" not in run.values
+
+
+def test_the_plan_follows_the_options() -> None:
+    """Steps the options do not ask for stay in the plan, SKIPPED with the reason; publish needs what is asked."""
+
+    def never() -> ModelSource:
+        raise AssertionError("plans are built without loading anything")
+
+    def steps(options: BuildOptions) -> dict[str, Step]:
+        return {step.name: step for step in plan(options, load_step(never))}
+
+    onnx_only = steps(BuildOptions(name="m"))
+    assert list(onnx_only) == [
+        "preflight",
+        "load",
+        "export",
+        "verify_random",
+        "verify_golden",
+        "optimize",
+        "tensorrt",
+        "quality",
+        "publish",
+    ]
+    assert onnx_only["tensorrt"].skip and onnx_only["optimize"].skip and onnx_only["preflight"].skip
+    assert "served_onnx" in onnx_only["publish"].needs and "engine" not in onnx_only["publish"].needs
+    both = steps(BuildOptions(name="m", formats=("onnx", "tensorrt"), fp16=True))
+    assert not (both["tensorrt"].skip or both["optimize"].skip or both["preflight"].skip)
+    assert {"served_onnx", "engine"} <= set(both["publish"].needs)
+    engine_only = steps(BuildOptions(name="m", formats=("tensorrt",)))
+    assert "served_onnx" not in engine_only["publish"].needs and "engine" in engine_only["publish"].needs
 
 
 def test_golden_set_is_the_generators_output(tmp_path: Path) -> None:

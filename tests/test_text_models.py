@@ -23,13 +23,15 @@ import torch
 import tritonclient.grpc as grpcclient
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
 
+from builders.build_steps import load_step
 from builders.errors import SourceError
 from builders.golden_data import INTENTS, intent_queries, read_intents
 from builders.golden_inputs import golden_inputs, score
 from builders.intent_example import make_wordpiece_tokenizer
-from builders.pipeline import BuildOptions, BuildResult, Status
+from builders.pipeline import BuildOptions, BuildResult, Status, plan
+from builders.ranker import ranker_source
 from builders.repository import ModelRepository
-from builders.text_models import build_embedder, build_intent, inspect_checkpoint, minilm_dir
+from builders.text_models import build_embedder, build_intent, inspect_checkpoint, minilm_dir, text_plan
 from control_plane.local_triton import LocalTriton
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -133,6 +135,7 @@ class Built:
     repo: ModelRepository
     intent_dir: Path
     st_dir: Path
+    results: dict[str, BuildResult]
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +143,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     base = tmp_path_factory.mktemp("text")
     repo = ModelRepository(base / "model_repository")
     repo.root.mkdir()
-    found = Built(base, repo, tiny_intent_checkpoint(base / "intent"), tiny_sentence_transformer(base / "st"))
-    require_ok(build_intent(repo, found.intent_dir, BuildOptions("intent")))
-    require_ok(build_embedder(repo, found.st_dir, BuildOptions("tiny_embedder")))
-    require_ok(build_embedder(repo, minilm_dir(), BuildOptions("minilm")))
+    found = Built(base, repo, tiny_intent_checkpoint(base / "intent"), tiny_sentence_transformer(base / "st"), {})
+    found.results["intent"] = require_ok(build_intent(repo, found.intent_dir, BuildOptions("intent")))
+    found.results["tiny_embedder"] = require_ok(build_embedder(repo, found.st_dir, BuildOptions("tiny_embedder")))
+    found.results["minilm"] = require_ok(build_embedder(repo, minilm_dir(), BuildOptions("minilm")))
     return found
 
 
@@ -291,6 +294,31 @@ def test_rebuild_publishes_tokenizer_and_ensemble_only_when_changed(built: Built
     changed = require_ok(build_intent(repo, other, BuildOptions("intent")))
     assert [p.model for p in changed.published] == ["intent", "intent_tokenizer"]
     assert repo.versions("intent_tokenizer") == [1, 2] and repo.versions("intent_text") == [1]
+
+
+def test_text_plans_bring_their_exporter_and_entries_and_a_ranker_plan_does_not(tmp_path: Path) -> None:
+    """Built from the options and the kind alone: no checkpoint is read until the plan runs."""
+    options = BuildOptions("m")
+    intent = {step.name: step for step in text_plan(options, tmp_path / "nowhere", "intent")}
+    embedder = {step.name: step for step in text_plan(options, tmp_path / "nowhere", "embedder")}
+    ranker = plan(options, load_step(lambda: ranker_source("pkg.mod:make", tmp_path / "w.pt")))
+    assert list(intent)[-2:] == ["publish", "text_entries"] and not intent["text_entries"].skip
+    assert {"checkpoint", "published"} <= set(intent["text_entries"].needs)
+    assert "checkpoint" in intent["load"].makes and "checkpoint" not in ranker[1].makes
+    assert "text_entries" not in [step.name for step in ranker] and ranker[-1].name == "publish"
+    assert intent.keys() == embedder.keys()
+    engine_only = {s.name: s for s in text_plan(BuildOptions("m", formats=("tensorrt",)), tmp_path, "intent")}
+    assert engine_only["text_entries"].skip == "no ONNX model published"
+
+
+def test_embedders_export_with_torchscript_and_classifiers_with_dynamo(built: Built) -> None:
+    exporters = {
+        name: next(step.figures["exporter"] for step in result.steps if step.name == "export")
+        for name, result in built.results.items()
+    }
+    assert exporters == {"intent": "dynamo", "tiny_embedder": "torchscript", "minilm": "torchscript"}
+    entries = [step for step in built.results["intent"].steps if step.name == "text_entries"]
+    assert [step.status for step in entries] == [Status.OK]
 
 
 def broken_cases(base: Path) -> dict[str, tuple[Path, str, str]]:
