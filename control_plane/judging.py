@@ -230,11 +230,7 @@ def error_check(candidate: Evidence, stable: Evidence, policy: Policy) -> Check:
         f"{candidate.errors}/{candidate.requests} failed ({rate:.1%}, limit {policy.max_error_rate:.1%}) vs stable "
         f"{stable.errors}/{stable.requests}, Fisher p={test.pvalue:.2g}"
     )
-    if rate <= policy.max_error_rate:
-        return Check("errors", PASS, figures, f"error rate within the limit: {summary}")
-    if test.pvalue < policy.alpha:
-        return Check("errors", FAIL, figures, f"error rate regressed: {summary}")
-    return Check("errors", INSUFFICIENT, figures, f"error rate above the limit, not yet significant: {summary}")
+    return _error_rate_check(rate, float(test.pvalue), policy, figures, summary, failed="error rate regressed")
 
 
 def preflight_error_check(candidate: Evidence, policy: Policy) -> Check:
@@ -254,10 +250,17 @@ def preflight_error_check(candidate: Evidence, policy: Policy) -> Check:
         f"{candidate.errors}/{candidate.requests} failed ({rate:.1%}, limit {policy.max_error_rate:.1%}), "
         f"binomial p={test.pvalue:.2g}"
     )
+    return _error_rate_check(rate, float(test.pvalue), policy, figures, summary, failed="fails its requests")
+
+
+def _error_rate_check(
+    rate: float, p_value: float, policy: Policy, figures: dict[str, Any], summary: str, *, failed: str
+) -> Check:
+    """Within the limit passes; above it and significant fails; above it but not yet significant waits."""
     if rate <= policy.max_error_rate:
         return Check("errors", PASS, figures, f"error rate within the limit: {summary}")
-    if test.pvalue < policy.alpha:
-        return Check("errors", FAIL, figures, f"fails its requests: {summary}")
+    if p_value < policy.alpha:
+        return Check("errors", FAIL, figures, f"{failed}: {summary}")
     return Check("errors", INSUFFICIENT, figures, f"error rate above the limit, not yet significant: {summary}")
 
 

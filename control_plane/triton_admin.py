@@ -90,19 +90,18 @@ class TritonAdmin:
         if not wanted:
             self.unload(model)
             return
-        try:
-            self._client.load_model(model, config=override_json(config, wanted), client_timeout=self.timeout_s)
-        except InferenceServerException as exc:
-            self._unreachable_or(exc)
-            raise TritonLoadFailed(f"loading {model} versions {wanted} failed: {exc.message()}") from exc
+        self._load(model, f"versions {wanted}", config=override_json(config, wanted))
 
     def load(self, model: str) -> None:
         """A plain load with the model's own config.pbtxt (tokenizers, ensembles)."""
+        self._load(model, "", config=None)
+
+    def _load(self, model: str, what: str, *, config: str | None) -> None:
         try:
-            self._client.load_model(model, client_timeout=self.timeout_s)
+            self._client.load_model(model, config=config, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             self._unreachable_or(exc)
-            raise TritonLoadFailed(f"loading {model} failed: {exc.message()}") from exc
+            raise TritonLoadFailed(f"loading {' '.join(filter(None, (model, what)))} failed: {exc.message()}") from exc
 
     def unload(self, model: str) -> None:
         try:

@@ -13,9 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -131,34 +128,6 @@ def test_no_server_exits_15(cwd: Path) -> None:
     port = str(closed_port())
     fails_with(shepherd(cwd, "triton", "stop", "--http-port", port), TritonNotRunning, "no tritonserver recorded")
     fails_with(shepherd(cwd, "triton", "status", "--http-port", port), TritonNotRunning, "no Triton answers")
-
-
-class _NotTriton(BaseHTTPRequestHandler):
-    """Answers Triton's health check, then an HTML page where the repository index should be."""
-
-    def _answer(self) -> None:
-        body = b"" if self.path.endswith("/ready") else b"<html>not Triton</html>"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def not_triton() -> Iterator[int]:
-    server = HTTPServer(("127.0.0.1", 0), _NotTriton)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_unreachable_triton_exits_16(cwd: Path, not_triton: int, repo: ModelRepository, tmp_path: Path) -> None:

@@ -120,44 +120,35 @@ def run(
         rt.close()
 
 
-def promote(
-    model: str,
-    version: int,
-    reason: Reason = "manual promotion",
-    actor: Actor = None,
-    config: Config = None,
-    repo: Repo = None,
-    triton_grpc: Grpc = None,
-    triton_metrics: Metrics = None,
-    db: Db = None,
-    as_json: Json = False,
-) -> None:
-    """Make VERSION the stable version of MODEL now."""
-    _act(
-        lambda rt: manual.manual_promote(rt, model, version, actor=_actor(actor), reason=reason),
-        (config, repo, triton_grpc, triton_metrics, db),
-        as_json,
-    )
+def _manual_command(act: Callable[..., TickReport], default_reason: str, doc: str) -> Callable[..., None]:
+    """A `promote`/`rollback` command: MODEL VERSION, why, who, and the connection options."""
+
+    def command(
+        model: str,
+        version: int,
+        reason: Reason = default_reason,
+        actor: Actor = None,
+        config: Config = None,
+        repo: Repo = None,
+        triton_grpc: Grpc = None,
+        triton_metrics: Metrics = None,
+        db: Db = None,
+        as_json: Json = False,
+    ) -> None:
+        _act(
+            lambda rt: act(rt, model, version, actor=_actor(actor), reason=reason),
+            (config, repo, triton_grpc, triton_metrics, db),
+            as_json,
+        )
+
+    command.__doc__ = doc
+    return command
 
 
-def rollback(
-    model: str,
-    version: int,
-    reason: Reason = "manual rollback",
-    actor: Actor = None,
-    config: Config = None,
-    repo: Repo = None,
-    triton_grpc: Grpc = None,
-    triton_metrics: Metrics = None,
-    db: Db = None,
-    as_json: Json = False,
-) -> None:
-    """Unload VERSION of MODEL and never load it again automatically."""
-    _act(
-        lambda rt: manual.manual_rollback(rt, model, version, actor=_actor(actor), reason=reason),
-        (config, repo, triton_grpc, triton_metrics, db),
-        as_json,
-    )
+promote = _manual_command(manual.manual_promote, "manual promotion", "Make VERSION the stable version of MODEL now.")
+rollback = _manual_command(
+    manual.manual_rollback, "manual rollback", "Unload VERSION of MODEL and never load it again automatically."
+)
 
 
 def pin(

@@ -7,11 +7,22 @@ be compared, logged and turned into JSON.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from control_plane.store.models import AlertRow, DecisionRow, ProbeWindowRow, RolloutRow, State, VersionRow
+
+R = TypeVar("R")
+
+
+def _from_row(cls: type[R], row: object, **given: Any) -> R:
+    """A record from an ORM row: each field from the row's column of the same name, unless `given`.
+
+    `given` holds what the row does not have (the model's name, from a join) or what must be
+    converted (JSON columns copied into plain dicts, so no record shares a live ORM value).
+    """
+    return cls(**{f.name: given[f.name] if f.name in given else getattr(row, f.name) for f in fields(cls)})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -41,21 +52,13 @@ class VersionRecord:
 
     @classmethod
     def from_row(cls, row: VersionRow, *, model: str) -> VersionRecord:
-        return cls(
-            id=row.id,
+        return _from_row(
+            cls,
+            row,
             model=model,
-            version=row.version,
             state=State(row.state),
             is_stable=bool(row.is_stable),
             manifest=dict(row.manifest or {}),
-            source_sha256=row.source_sha256,
-            quality_metric=row.quality_metric,
-            quality_value=row.quality_value,
-            discovered_at=row.discovered_at,
-            state_changed_at=row.state_changed_at,
-            stable_since=row.stable_since,
-            retired_at=row.retired_at,
-            reason=row.reason,
         )
 
 
@@ -72,16 +75,7 @@ class RolloutRecord:
 
     @classmethod
     def from_row(cls, row: RolloutRow, *, model: str, candidate: int, stable: int | None) -> RolloutRecord:
-        return cls(
-            id=row.id,
-            model=model,
-            candidate=candidate,
-            stable=stable,
-            phase=row.phase,
-            started_at=row.started_at,
-            ended_at=row.ended_at,
-            outcome=row.outcome,
-        )
+        return _from_row(cls, row, model=model, candidate=candidate, stable=stable)
 
 
 @dataclass(frozen=True)
@@ -112,31 +106,8 @@ class ProbeWindowRecord:
 
     @classmethod
     def from_row(cls, row: ProbeWindowRow, *, model: str, version: int) -> ProbeWindowRecord:
-        return cls(
-            id=row.id,
-            model=model,
-            version=version,
-            role=row.role,
-            rollout_id=row.rollout_id,
-            started_at=row.started_at,
-            ended_at=row.ended_at,
-            requests=row.requests,
-            errors=row.errors,
-            failure_by_reason=row.failure_by_reason,
-            p50_ms=row.p50_ms,
-            p95_ms=row.p95_ms,
-            p99_ms=row.p99_ms,
-            avg_queue_ms=row.avg_queue_ms,
-            avg_compute_ms=row.avg_compute_ms,
-            client_p50_ms=row.client_p50_ms,
-            client_p95_ms=row.client_p95_ms,
-            quality=row.quality,
-            agreement=row.agreement,
-            triton_cpu_memory_bytes=row.triton_cpu_memory_bytes,
-            gpu_memory_bytes=row.gpu_memory_bytes,
-            samples=tuple(float(s) for s in (row.samples or ())),
-            raw=dict(row.raw or {}),
-        )
+        samples = tuple(float(x) for x in (row.samples or ()))
+        return _from_row(cls, row, model=model, version=version, samples=samples, raw=dict(row.raw or {}))
 
 
 @dataclass(frozen=True)
@@ -168,17 +139,7 @@ class DecisionRecord:
 
     @classmethod
     def from_row(cls, row: DecisionRow, *, model: str, version: int) -> DecisionRecord:
-        return cls(
-            id=row.id,
-            model=model,
-            version=version,
-            rollout_id=row.rollout_id,
-            at=row.at,
-            outcome=row.outcome,
-            reason=row.reason,
-            checks=row.checks,
-            policy=dict(row.policy or {}),
-        )
+        return _from_row(cls, row, model=model, version=version, policy=dict(row.policy or {}))
 
 
 @dataclass(frozen=True)
@@ -196,18 +157,7 @@ class AlertRecord:
 
     @classmethod
     def from_row(cls, row: AlertRow) -> AlertRecord:
-        return cls(
-            id=row.id,
-            at=row.at,
-            event=row.event,
-            model=row.model,
-            version=row.version,
-            channel=row.channel,
-            payload=dict(row.payload or {}),
-            status=row.status,
-            attempts=row.attempts,
-            last_error=row.last_error,
-        )
+        return _from_row(cls, row, payload=dict(row.payload or {}))
 
 
 @dataclass(frozen=True)
