@@ -97,7 +97,7 @@ def observe_canary(
     if before is not None:
         started = datetime.fromtimestamp(before.taken_at, UTC)
     else:
-        before = _scrape(rt, errors)
+        before = _scrape(rt, policy, errors)
     seen = rt.store.read.probe_windows(model, candidate.version, role="candidate", rollout_id=rollout_id)
     measured = any(w.quality is not None for w in seen)
     inputs = (
@@ -114,7 +114,7 @@ def observe_canary(
         timeout_s=policy.probe_timeout_seconds,
     )
     server: dict[tuple[str, str], WindowStats] = {}
-    after = _scrape(rt, errors) if before is not None else None
+    after = _scrape(rt, policy, errors) if before is not None else None
     if before is not None and after is not None:
         try:
             server = window(before, after)
@@ -161,9 +161,9 @@ def _probe_one(rt: Runtime, model: str, version: int, inputs: dict[str, Any], po
     )
 
 
-def _scrape(rt: Runtime, errors: list[ShepherdError]) -> Snapshot | None:
+def _scrape(rt: Runtime, policy: Policy, errors: list[ShepherdError]) -> Snapshot | None:
     try:
-        return scrape(rt.metrics_url)
+        return scrape(rt.metrics_url, timeout=policy.metrics_timeout_seconds)
     except ProbeError as exc:
         errors.append(exc)
         return None

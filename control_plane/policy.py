@@ -106,6 +106,7 @@ class Policy:
     preflight_rounds: int = 40
     preflight_attempts: int = 5
     probe_timeout_seconds: float = 10.0
+    metrics_timeout_seconds: float = 5.0
     unload_wait_seconds: float = 30.0
 
     def __post_init__(self) -> None:
@@ -128,7 +129,7 @@ class Policy:
             raise ConfigError(f"min_samples must be >= 3 (a rank test needs a few samples), got {self.min_samples}")
         _fraction("alpha", float(self.alpha), open_low=True)
         _fraction("tail_share", float(self.tail_share), open_low=True)
-        for name in ("probe_timeout_seconds", "unload_wait_seconds"):
+        for name in ("probe_timeout_seconds", "metrics_timeout_seconds", "unload_wait_seconds"):
             _positive(name, float(getattr(self, name)))
         if self.preflight_requests < self.min_samples:
             raise ConfigError(
