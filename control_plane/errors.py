@@ -9,11 +9,13 @@
     │   ├── TritonNotRunning        stop/status found no server
     │   ├── TritonUnreachable       no Triton answered at the address (refused, no route, wrong port)
     │   ├── TritonLoadFailed        Triton refused or failed a load (its reason is in the message)
-    │   └── TritonUnloadFailed      Triton answered but refused an unload (its reason is in the message)
+    │   ├── TritonUnloadFailed      Triton answered but refused an unload (its reason is in the message)
+    │   └── TritonAccessDenied      the repository API wants a key: none was sent, or the wrong one
     ├── ConfigError                 shepherd.yaml or a command-line setting is wrong
     ├── StoreError                  the history database (unreachable, refused a write)
     │   └── InvalidTransition       a lifecycle move the rules do not allow
     ├── EvidenceError               impossible probe figures handed to the judge
+    │   └── BrokenGoldenSet         a version's golden set cannot be read (or is too large)
     └── AlertError                  a malformed alert event (delivery failures are never raised)
 
 Every error carries the process exit code the CLI returns for it, so scripts can tell causes apart.
@@ -66,6 +68,15 @@ class TritonUnloadFailed(TritonError):
     exit_code = 18
 
 
+class TritonAccessDenied(TritonError):
+    """Triton's model-repository API is restricted by a key and refused the call (no key, or a wrong one).
+
+    Never a failed version: the reconciler must not mark a version failed because shepherd lacked the key.
+    """
+
+    exit_code = 19
+
+
 class ConfigError(ControlPlaneError):
     exit_code = 20
 
@@ -86,6 +97,12 @@ class EvidenceError(ControlPlaneError):
     """The judge was handed impossible evidence (more errors than requests, negative or NaN latencies)."""
 
     exit_code = 25
+
+
+class BrokenGoldenSet(EvidenceError):
+    """A version's golden set cannot be read (a garbage `golden.npz`, one over the size limit); its preflight rejects it."""
+
+    exit_code = 27
 
 
 class AlertError(ControlPlaneError):

@@ -3,9 +3,10 @@
 Why one funnel (Flagger's `events.go`): a rollback, a failure, a rejection or a promotion must be
 recorded and visible the same way wherever it came from (the reconciler, the judge, a person):
 
-1. the transition and the decision that caused it are written in one transaction (what is
-   stored is what was decided, and a crash cannot leave one without the other); entering
-   `promoted` also makes the version the stable one, and leaving `canary` closes its rollout;
+1. the transition and the decision that caused it are written in one transaction, with the
+   lifecycle's consequences (entering `promoted` makes the version the stable one, leaving
+   `canary` closes its rollout): what is stored is what was decided, and a crash cannot leave
+   one without the other;
 2. `then`, the Triton action (converge, unload) runs after the record, so a crash after it is
    repaired by the next pass, which reads the desired state from SQL;
 3. one log line, one report action;
@@ -38,7 +39,6 @@ EVENT_OF_STATE = {
     State.rejected: "rejection",
     State.promoted: "promotion",
 }
-ROLLOUT_OUTCOME = {State.promoted: "promoted", State.rolled_back: "rolled_back", State.failed: "failed"}
 
 
 def enter(
@@ -82,16 +82,14 @@ def enter(
         evidence=verdict.as_dict() if verdict is not None else None,
         decision=decision,
     )
-    if state == State.promoted:
-        rt.store.lifecycle.set_stable(model, version, reason=reason, actor=actor)
-    if rollout is not None and state in ROLLOUT_OUTCOME:
-        rt.store.lifecycle.end_rollout(rollout.id, outcome=ROLLOUT_OUTCOME[state])
     details: dict[str, Any] = {}
     if then is not None:
         try:
             details = then()
         except TritonUnreachable as exc:
-            report.fail(TritonUnreachable(f"{model} v{version} {state} recorded; the next pass converges Triton: {exc}"))
+            report.fail(
+                TritonUnreachable(f"{model} v{version} {state} recorded; the next pass converges Triton: {exc}")
+            )
     event = EVENT_OF_STATE.get(state)
     severity = EVENT_SEVERITY[event] if event is not None else "info"
     log.log(logging.WARNING if severity != "info" else logging.INFO, "%s %s v%s: %s", state, model, version, reason)

@@ -10,15 +10,21 @@ version never change.
 from __future__ import annotations
 
 import functools
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from builders.errors import BuilderError
 from builders.repository import ModelRepository
+from control_plane.errors import BrokenGoldenSet
 
 GOLDEN_NPZ = "golden.npz"
+# A golden set is probed every few seconds and held in memory per version: 64 MiB is far above any
+# useful one (thousands of rows) and keeps a mistaken upload from exhausting the control plane.
+MAX_GOLDEN_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -35,9 +41,19 @@ class Golden:
 
 
 def _from_npz(path: Path, task: str) -> Golden:
-    with np.load(path, allow_pickle=False) as data:
-        inputs = {key.removeprefix("input__"): data[key] for key in data.files if key.startswith("input__")}
-        labels = data["labels"] if "labels" in data.files else None
+    """Read a version's own golden set, bounded: one that is too large, not an npz, or empty is refused."""
+    size = path.stat().st_size
+    if size > MAX_GOLDEN_BYTES:
+        raise BrokenGoldenSet(f"{path} is {size} bytes, over the {MAX_GOLDEN_BYTES}-byte limit of a golden set")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            inputs = {key.removeprefix("input__"): data[key] for key in data.files if key.startswith("input__")}
+            labels = data["labels"] if "labels" in data.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise BrokenGoldenSet(f"{path} is not a readable golden set ({type(exc).__name__})") from exc
+    rows = {array.shape[0] if array.ndim else -1 for array in inputs.values()}
+    if not inputs or len(rows) != 1 or min(rows) < 1:
+        raise BrokenGoldenSet(f"{path} holds no input__<name> arrays of the same, non-zero number of rows")
     return Golden(task=task, inputs=inputs, labels=labels)
 
 
@@ -51,13 +67,19 @@ def _cached(root: str, model: str, version: int) -> Golden | None:
     if manifest.kind in ("intent", "embedder", "ranker"):
         from builders.golden_inputs import golden_inputs
 
-        found = golden_inputs(repo, model, version)
+        try:
+            found = golden_inputs(repo, model, version)
+        except BuilderError as exc:
+            raise BrokenGoldenSet(f"the golden set of {model} v{version} cannot be read: {exc}") from exc
         return Golden(task=found.task, inputs=found.inputs, labels=found.labels, meta=found.meta, source=found)
     return None
 
 
 def golden_for(repo: ModelRepository, model: str, version: int) -> Golden | None:
-    """The golden inputs of `model` version `version`, or None when the model has none."""
+    """The golden inputs of `model` version `version`, or None when the model has none.
+
+    Raises BrokenGoldenSet when the version's golden set exists but cannot be read.
+    """
     return _cached(str(repo.root.resolve()), model, int(version))
 
 

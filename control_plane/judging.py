@@ -356,18 +356,23 @@ def decide_canary(
 
 
 def decide_preflight(
-    candidate: Evidence | None, policy: Policy, *, stable_quality: float | None, earlier_attempts: int
+    candidate: Evidence | None,
+    policy: Policy,
+    *,
+    stable_quality: float | None,
+    earlier_attempts: int,
+    unprobed: str = "no golden set to probe it with",
 ) -> Verdict:
     """The final decision on a version probed alone under its preflight alias.
 
     It must answer, meet its floor and ceiling, and not lose quality against the stable version.
     'promote' means it passed (the reconciler makes a first version stable, or starts a canary);
-    'reject' on any decisive failure, when there is no golden set to probe it with (`candidate`
-    is None), or when this attempt is undecided and `earlier_attempts` undecided ones came before
+    'reject' on any decisive failure, when it could not be probed (`candidate` is None, for the
+    reason `unprobed`: no golden set, an unreadable one, files that differ from the manifest), or when this attempt is undecided and `earlier_attempts` undecided ones came before
     it (`policy.preflight_attempts` in all); 'wait' when it is probed again on the next pass.
     """
     if candidate is None:
-        return Verdict(REJECT, "no golden set to probe it with", ())
+        return Verdict(REJECT, unprobed, ())
     samples = len(candidate.latencies_ms)
     answered = Check(
         "latency",

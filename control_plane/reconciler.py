@@ -31,8 +31,8 @@ from typing import TypeVar
 from builders.errors import BuilderError
 from builders.repository import PREFLIGHT_SUFFIX
 from control_plane import golden as golden_sets
-from control_plane import observe, serving
-from control_plane.errors import StoreError, TritonError, TritonLoadFailed, TritonUnreachable
+from control_plane import integrity, observe, serving
+from control_plane.errors import BrokenGoldenSet, StoreError, TritonError, TritonLoadFailed, TritonUnreachable
 from control_plane.events import enter
 from control_plane.judging import FAIL, PROMOTE, REJECT, ROLLBACK, WAIT, Verdict, decide_canary, decide_preflight
 from control_plane.report import TickReport
@@ -153,7 +153,9 @@ def converge(
     )
     if served.changed:
         action = "loaded" if served.wanted else "unloaded"
-        report.add(action, model, None, versions=sorted(served.wanted or served.before), seconds=round(served.seconds, 3))
+        report.add(
+            action, model, None, versions=sorted(served.wanted or served.before), seconds=round(served.seconds, 3)
+        )
     if served.lingering:
         report.fail(
             TritonError(
@@ -238,7 +240,7 @@ def run_preflight(rt: Runtime, report: TickReport, record: VersionRecord, stable
     """Probe the candidate alone under its preflight alias (no client traffic), decide, act."""
     model, version = record.model, record.version
     policy = rt.settings.policy_for(model)
-    golden = golden_sets.golden_for(rt.repo, model, version)
+    golden, unprobed = preflight_inputs(rt, record)
     if golden is not None:
         try:
             with preflight_alias(rt, report, record) as alias:
@@ -252,36 +254,59 @@ def run_preflight(rt: Runtime, report: TickReport, record: VersionRecord, stable
         policy,
         stable_quality=stable.quality_value if stable is not None else None,
         earlier_attempts=len(earlier),
+        unprobed=unprobed,
     )
     if verdict.outcome == REJECT:
         enter(rt, report, model, version, State.rejected, verdict=verdict)
     elif verdict.outcome == PROMOTE and stable is None:
-        promote(rt, report, model, version, verdict=Verdict(PROMOTE, f"first version: {verdict.reason}", verdict.checks))
+        promote(
+            rt, report, model, version, verdict=Verdict(PROMOTE, f"first version: {verdict.reason}", verdict.checks)
+        )
     elif verdict.outcome == PROMOTE and stable is not None:
         start_canary(rt, report, record, stable, verdict)
     else:
         record_wait(rt, report, record, verdict, rollout_id=None)
 
 
+def preflight_inputs(rt: Runtime, record: VersionRecord) -> tuple[golden_sets.Golden | None, str]:
+    """The golden set to probe the candidate with, or None and why it cannot be probed at all."""
+    changed = integrity.changed_files(rt.repo, record)
+    if changed:
+        return None, f"its files differ from its manifest (sha256): {', '.join(changed)}"
+    try:
+        golden = golden_sets.golden_for(rt.repo, record.model, record.version)
+    except BrokenGoldenSet as exc:
+        return None, str(exc)
+    return golden, "" if golden is not None else "no golden set to probe it with"
+
+
 @contextmanager
 def preflight_alias(rt: Runtime, report: TickReport, record: VersionRecord) -> Iterator[str]:
-    """Serve `record` as `<model>__preflight` while the block runs; the alias is removed after, loaded or not.
+    """Serve `record` as `<model>__preflight` while the block runs; the alias is removed after, whatever happened.
 
-    A load Triton refuses raises TritonLoadFailed out of the `with` (after the clean-up).
+    A load Triton refuses raises TritonLoadFailed out of the `with`, and a broken config.pbtxt its
+    BrokenConfig, both after the clean-up: no alias folder or alias model is left behind.
     """
-    alias = rt.repo.link_preflight(record.model, record.version)
+    alias = rt.repo.preflight_name(record.model)
+    attempted = False
     try:
-        rt.admin.load_versions(alias, rt.repo.preflight_config(record.model), [record.version])
+        rt.repo.link_preflight(record.model, record.version)
+        config = rt.repo.preflight_config(record.model)
+        attempted = True
+        rt.admin.load_versions(alias, config, [record.version])
         yield alias
     finally:
-        try:
-            rt.admin.unload(alias)
-        except TritonError as exc:
-            report.fail(exc)
+        if attempted:
+            try:
+                rt.admin.unload(alias)
+            except TritonError as exc:
+                report.fail(exc)
         rt.repo.unlink_preflight(record.model)
 
 
-def start_canary(rt: Runtime, report: TickReport, record: VersionRecord, stable: VersionRecord, verdict: Verdict) -> None:
+def start_canary(
+    rt: Runtime, report: TickReport, record: VersionRecord, stable: VersionRecord, verdict: Verdict
+) -> None:
     """Enter canary and open its rollout against the stable version; the next converge loads it beside stable."""
 
     def open_rollout() -> dict[str, int]:

@@ -22,7 +22,9 @@ class TickReport:
         self.actions.append({"action": action, "model": model, "version": version, **details})
 
     def fail(self, error: ShepherdError) -> None:
-        self.errors.append(error)
+        """Keep `error`, once: the steps of one tick meeting the same dead endpoint report it one time."""
+        if not any(type(e) is type(error) and str(e) == str(error) for e in self.errors):
+            self.errors.append(error)
 
     @property
     def exit_code(self) -> int:

@@ -235,20 +235,19 @@ def test_unknown_version_and_state_are_clear_errors(store: Store) -> None:
 def test_exactly_one_stable_version(store: Store, clock: Clock) -> None:
     for v in (1, 2, 3):
         store.lifecycle.record_version("intent", v, manifest=manifest(v), kind="intent")
-    walk(store, "intent", 1, State.preflight, State.promoted)
-    store.lifecycle.set_stable("intent", 1, reason="first version")
+    walk(store, "intent", 1, State.preflight, State.promoted)  # entering promoted makes it the stable one
     clock.advance(60)
     walk(store, "intent", 2, State.preflight, State.canary, State.promoted)
     with pytest.raises(InvalidTransition, match="only a promoted version"):
         store.lifecycle.set_stable("intent", 3, reason="not promoted")
-    store.lifecycle.set_stable("intent", 2, reason="canary passed")
+    store.lifecycle.set_stable("intent", 2, reason="again")  # already stable: nothing to write
 
     old, new = store.read.get_version("intent", 1), store.read.stable("intent")
     assert new is not None and new.version == 2 and new.stable_since == clock.at
     assert old is not None and (old.state, old.is_stable, old.retired_at) == (State.promoted, False, clock.at)
     assert rows(store, "SELECT COUNT(*) FROM versions WHERE is_stable") == [(1,)]
-    marker = rows(store, "SELECT from_state, to_state, reason FROM transitions ORDER BY id DESC LIMIT 1")
-    assert marker == [("promoted", "promoted", "canary passed")]
+    last = rows(store, "SELECT from_state, to_state, reason FROM transitions ORDER BY id DESC LIMIT 1")
+    assert last == [("canary", "promoted", "to promoted")]
 
     with store.db.engine.connect() as conn, pytest.raises(IntegrityError):  # the database refuses a second one
         conn.execute(text("UPDATE versions SET is_stable = true WHERE version = 1"))
@@ -257,6 +256,10 @@ def test_exactly_one_stable_version(store: Store, clock: Clock) -> None:
     store.lifecycle.transition("intent", 2, State.rolled_back, reason="manual rollback of the stable", actor="bob")
     assert store.read.stable("intent") is None
     assert store.read.get_version("intent", 2).retired_at == clock.at  # type: ignore[union-attr]
+    store.lifecycle.set_stable("intent", 1, reason="back to v1", actor="bob")  # a promoted version made stable again
+    marker = rows(store, "SELECT from_state, to_state, reason, actor FROM transitions ORDER BY id DESC LIMIT 1")
+    assert marker == [("promoted", "promoted", "back to v1", "bob")]
+    assert store.read.stable("intent").version == 1  # type: ignore[union-attr]
 
 
 # -- rollouts, windows, decisions, alerts ------------------------------------------------------
@@ -600,8 +603,7 @@ def test_a_write_that_fails_halfway_leaves_no_partial_row(store: Store) -> None:
     for v in (1, 2, 3):
         store.lifecycle.record_version("intent", v, manifest=manifest(v), kind="intent")
     walk(store, "intent", 1, State.preflight, State.promoted)
-    store.lifecycle.set_stable("intent", 1, reason="first")
-    walk(store, "intent", 2, State.preflight, State.canary, State.promoted)
+    walk(store, "intent", 2, State.preflight, State.canary, State.promoted)  # v2 stable, v1 promoted and retired
     walk(store, "intent", 3, State.preflight, State.canary)
     before = store.read.versions()
     transitions = rows(store, "SELECT COUNT(*) FROM transitions")
@@ -611,10 +613,36 @@ def test_a_write_that_fails_halfway_leaves_no_partial_row(store: Store) -> None:
             "intent", 3, State.rolled_back, reason="boom"
         )  # versions updated, then the insert fails
     with pytest.raises(StoreError, match="boom refused"):
-        store.lifecycle.set_stable("intent", 2, reason="boom")  # both stable flags flipped, then the insert fails
+        store.lifecycle.set_stable("intent", 1, reason="boom")  # both stable flags flipped, then the insert fails
     assert store.read.versions() == before
-    assert store.read.stable("intent").version == 1  # type: ignore[union-attr]
+    assert store.read.stable("intent").version == 2  # type: ignore[union-attr]
     assert rows(store, "SELECT COUNT(*) FROM transitions") == transitions
+
+
+def test_promotion_makes_stable_and_closes_the_rollout_in_one_transaction(store: Store) -> None:
+    """A crash between "promoted" and "stable" must not exist: both, and the rollout's end, or none of it."""
+    with store.db.engine.begin() as conn:
+        for statement in FAIL_ON_BOOM[store.db.engine.dialect.name]:
+            conn.execute(text(statement))
+    for v in (1, 2):
+        store.lifecycle.record_version("intent", v, manifest=manifest(v), kind="intent")
+    walk(store, "intent", 1, State.preflight, State.promoted)
+    assert store.read.stable("intent").version == 1  # type: ignore[union-attr]  (first version: no set_stable call)
+    walk(store, "intent", 2, State.preflight, State.canary)
+    rollout = store.lifecycle.start_rollout("intent", 2, 1)
+
+    with pytest.raises(StoreError, match="boom refused"):
+        store.lifecycle.transition("intent", 2, State.promoted, reason="boom")  # the transition insert fails
+    assert store.read.get_version("intent", 2).state == State.canary  # type: ignore[union-attr]
+    assert store.read.stable("intent").version == 1  # type: ignore[union-attr]
+    assert store.read.open_rollout("intent", 2) is not None
+
+    store.lifecycle.transition("intent", 2, State.promoted, reason="passed")
+    old, new = store.read.get_version("intent", 1), store.read.get_version("intent", 2)
+    assert new is not None and new.is_stable and old is not None and not old.is_stable
+    assert old.retired_at is not None  # the old stable drains
+    assert store.read.open_rollout("intent", 2) is None
+    assert rows(store, "SELECT outcome FROM rollouts WHERE id = :id", id=rollout) == [("promoted",)]
 
 
 # -- the five example queries of docs/schema.md -------------------------------------------------

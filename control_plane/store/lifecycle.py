@@ -16,6 +16,7 @@ one open rollout per candidate (partial unique indexes).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -173,8 +174,13 @@ class Lifecycle:
     ) -> VersionRecord:
         """Move a version to `to` (InvalidTransition if the lifecycle forbids it); a no-op if already there.
 
-        Entering rolled_back, failed or rejected also takes away the stable flag: a version that
-        must not serve cannot stay the one that serves requests naming no version.
+        The lifecycle's consequences are written in the same transaction, so a crash between them
+        cannot leave a half-made move for the next pass to trip over:
+        - entering rolled_back, failed or rejected takes away the stable flag (a version that must
+          not serve cannot stay the one that serves requests naming no version);
+        - entering promoted makes the version the stable one (the old stable keeps `promoted`,
+          loses the flag and gets `retired_at`, so it drains);
+        - leaving canary closes its open rollout with the outcome.
 
         With `decision`, the decision that caused the move is stored in the same transaction, so
         the history never shows a state change without its reason, nor a decision that changed
@@ -219,6 +225,11 @@ class Lifecycle:
                 )
                 if clean is not None:
                     session.add(decision_row(row.id, clean, at=now))
+                if source == State.canary:
+                    _end_open_rollout(session, row.id, outcome=ROLLOUT_OUTCOME.get(target, target.value), at=now)
+                if target == State.promoted:
+                    session.flush()
+                    _make_stable(session, row, at=now)
                 session.flush()
                 session.refresh(row)
                 return VersionRecord.from_row(row, model=model)
@@ -239,16 +250,7 @@ class Lifecycle:
                     f"{model} v{version} is {row.state}: only a promoted version can become the stable one"
                 )
             now = self.db.now()
-            old = session.scalars(
-                select(VersionRow).where(VersionRow.model_id == row.model_id, VersionRow.is_stable.is_(True))
-            ).one_or_none()
-            if old is not None:
-                old.is_stable = False
-                old.retired_at = now
-                session.flush()  # the partial unique index allows one stable: clear the old flag first
-            row.is_stable = True
-            row.stable_since = now
-            row.retired_at = None
+            old = _make_stable(session, row, at=now)
             row.reason = reason
             session.add(
                 TransitionRow(
@@ -312,3 +314,33 @@ class Lifecycle:
                 row.ended_at = self.db.now()
                 row.outcome = outcome
                 row.phase = ENDED_PHASE
+
+
+ROLLOUT_OUTCOME = {State.promoted: "promoted", State.rolled_back: "rolled_back", State.failed: "failed"}
+
+
+def _make_stable(session: Session, row: VersionRow, *, at: datetime) -> VersionRow | None:
+    """Give `row` the stable flag; the model's old stable loses it and starts draining. Returns the old one."""
+    old = session.scalars(
+        select(VersionRow).where(
+            VersionRow.model_id == row.model_id, VersionRow.is_stable.is_(True), VersionRow.id != row.id
+        )
+    ).one_or_none()
+    if old is not None:
+        old.is_stable = False
+        old.retired_at = at
+        session.flush()  # the partial unique index allows one stable: clear the old flag first
+    row.is_stable = True
+    row.stable_since = at
+    row.retired_at = None
+    return old
+
+
+def _end_open_rollout(session: Session, version_id: int, *, outcome: str, at: datetime) -> None:
+    """Close the version's open rollout, if any, with `outcome`."""
+    session.execute(
+        update(RolloutRow)
+        .where(RolloutRow.candidate_version_id == version_id, RolloutRow.ended_at.is_(None))
+        .values(ended_at=at, outcome=outcome, phase=ENDED_PHASE)
+        .execution_options(synchronize_session=False)
+    )
