@@ -176,6 +176,22 @@ def test_closed_port_fails_without_raising_in_bounded_time() -> None:
     assert elapsed < 3.0  # 3 refused connections and 0.05 + 0.1 s of backoff
 
 
+def test_credentials_in_a_webhook_url_never_reach_rows_errors_or_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """`https://user:password@host/...` is a common way to authenticate a webhook: the password stays secret."""
+    url = f"http://alice:s3cret-pw@127.0.0.1:{_free_port()}/hooks/T0/SECRET-TOKEN"
+    settings = AlertSettings(webhooks=(WebhookChannel(url),), retries=1, **FAST)
+    with caplog.at_level("DEBUG"):
+        (delivery,) = dispatch(_event(), settings)
+    assert not delivery.ok
+    shown = [delivery.channel, delivery.error or "", caplog.text]
+    for secret in ("s3cret-pw", "alice:", "SECRET-TOKEN"):
+        assert all(secret not in text for text in shown), (secret, shown)
+    assert "127.0.0.1" in delivery.channel  # still tells the channels apart
+    from control_plane.alerts.channels import redact_url
+
+    assert redact_url(url) == f"http://127.0.0.1:{url.split(':')[3].split('/')[0]}/…"
+
+
 def test_a_hanging_receiver_is_cut_off_by_the_deadline(receiver: Receiver) -> None:
     receiver.delay["/slow"] = 3.0
     settings = AlertSettings(

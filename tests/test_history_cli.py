@@ -103,6 +103,17 @@ def test_status_json(db_url: str) -> None:  # noqa: F811
     assert (status["ranker"]["stable"], status["ranker"]["candidate"]) == (None, None)
 
 
+def test_status_and_history_read_a_read_only_database(tmp_path: Path) -> None:
+    """Readers never migrate: a read-only SQLite file (SQLite's own read-only mode: root ignores file modes)."""
+    path = tmp_path / "history.db"
+    seeded(f"sqlite:///{path}")
+    read_only = f"sqlite:///file:{path}?mode=ro&uri=true"
+    for command in (["status", "--json"], ["history", "--json"]):
+        result = CliRunner().invoke(local_app(), [*command, "--db", read_only])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)
+
+
 def test_a_missing_database_file_is_an_error_and_creates_nothing(tmp_path: Path) -> None:
     path = tmp_path / "typo.db"
     _, _, exc = invoke("history", "--db", f"sqlite:///{path}")

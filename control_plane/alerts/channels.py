@@ -30,7 +30,7 @@ class WebhookChannel:
 
     @property
     def label(self) -> str:
-        return self.name or f"webhook:{self.format}:{urlsplit(self.url).netloc}"
+        return self.name or f"webhook:{self.format}:{public_host(self.url)}"
 
 
 @dataclass(frozen=True)
@@ -83,16 +83,39 @@ class AlertSettings:
         return bool(self.webhooks) or self.email is not None
 
 
-def redact_url(url: str) -> str:
-    """scheme://host/… : enough to tell channels apart in logs, without the secret in the path or query."""
+def public_host(url: str) -> str:
+    """`host[:port]` of `url`, without the `user:password@` a webhook URL may carry."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}/…" if parts.netloc else "…"
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: show none rather than fail while reporting
+        port = None
+    return f"{host}:{port}" if port is not None else host
+
+
+def redact_url(url: str) -> str:
+    """scheme://host/… : enough to tell channels apart in logs, without the secrets in user info, path or query."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{public_host(url)}/…" if parts.netloc else "…"
 
 
 def redact(text: str, url: str) -> str:
-    """`text` with every occurrence of `url`'s path and query replaced (requests puts them in its errors)."""
+    """`text` with every occurrence of `url`'s secrets replaced (requests puts them in its errors).
+
+    The secrets are the user info (`user:password@`), the path and the query.
+    """
     parts = urlsplit(url)
-    for secret in (url, parts.path + ("?" + parts.query if parts.query else ""), parts.path, parts.query):
+    userinfo = parts.netloc.rpartition("@")[0]
+    secrets = (
+        url,
+        userinfo,
+        parts.password,
+        parts.path + ("?" + parts.query if parts.query else ""),
+        parts.path,
+        parts.query,
+    )
+    for secret in secrets:
         if secret and secret != "/":
-            text = text.replace(secret, "/…")
+            text = text.replace(secret, "…")
     return text

@@ -48,17 +48,22 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
 
 
 def open_store(db: str | None) -> Store:
-    """Open the history for reading; a missing SQLite file is a StoreError, not a new empty database."""
+    """Open the history for reading, writing nothing (no migration): a read-only database or replica works.
+
+    A missing SQLite file is a StoreError, not a new empty database.
+    """
     url = db or DEFAULT_URL
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         path = parsed.database
+        if parsed.query.get("uri") == "true":
+            path = path.removeprefix("file:")  # SQLite URI form, e.g. file:/srv/history.db?mode=ro&uri=true
         if not os.path.exists(path):
             raise StoreError(
                 f"no history database at {os.path.abspath(path)} (run `shepherd tick` or `shepherd run` first, "
                 "or pass --db / SHEPHERD_DB)"
             )
-    return Store.open(url)
+    return Store.open(url, migrate=False)
 
 
 def _short(value: str | None) -> str:

@@ -16,7 +16,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, text
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -119,9 +121,20 @@ def migrate(engine: Engine, *, revision: str = "head") -> None:
         connection.commit()
 
 
-def ping(engine: Engine) -> None:
-    with translated(mask_url(engine.url), "connect"), engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
+def check_schema(engine: Engine) -> None:
+    """Refuse a history whose schema is not at this shepherd's newest revision, without writing anything.
+
+    Why: readers (`status`, `history`) must work on a read-only database or replica, so they do
+    not migrate; reading a schema of another revision would give wrong answers instead.
+    """
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    with translated(mask_url(engine.url), "read the schema revision"), engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current != head:
+        raise StoreError(
+            f"{mask_url(engine.url)}: the history's schema is at revision {current or 'none (empty)'}, "
+            f"this shepherd reads {head}: run `shepherd tick` or `shepherd run` once, which migrate it"
+        )
 
 
 class Database:

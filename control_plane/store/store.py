@@ -13,7 +13,7 @@ one clock and one way to report a failure (StoreError naming the URL, password m
 from __future__ import annotations
 
 from control_plane.clock import Clock, utc_now
-from control_plane.store.database import DEFAULT_URL, Database, make_engine, ping
+from control_plane.store.database import DEFAULT_URL, Database, check_schema, make_engine
 from control_plane.store.database import migrate as migrate_schema
 from control_plane.store.evidence import EvidenceLog
 from control_plane.store.lifecycle import Lifecycle
@@ -33,6 +33,9 @@ class Store:
     def open(cls, url: str = DEFAULT_URL, *, migrate: bool = True, clock: Clock = utc_now) -> Store:
         """Connect (pool_pre_ping), bring the schema to the newest revision, and return the store.
 
+        With `migrate=False` nothing is written: the schema must already be at the newest revision
+        (readers of a read-only database or replica use this).
+
         `clock` is injectable so a runtime driven by a fake clock writes the times it reads.
         A dead or unreachable database raises StoreError naming the URL (password masked).
         """
@@ -41,7 +44,7 @@ class Store:
             if migrate:
                 migrate_schema(engine)
             else:
-                ping(engine)
+                check_schema(engine)
         except BaseException:
             engine.dispose()
             raise
