@@ -12,6 +12,7 @@ as well as the probes), else from the probes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -100,11 +101,7 @@ def observe_canary(
         before = _scrape(rt, policy, errors)
     seen = rt.store.read.probe_windows(model, candidate.version, role="candidate", rollout_id=rollout_id)
     measured = any(w.quality is not None for w in seen)
-    inputs = (
-        golden_sets.rows(golden, len(seen), policy.probe_rows)
-        if measured
-        else golden_sets.quality_inputs(golden)
-    )
+    inputs = golden_sets.rows(golden, len(seen), policy.probe_rows) if measured else golden_sets.quality_inputs(golden)
     runs = send_paired_probes(
         rt.grpc_url,
         model,
@@ -213,24 +210,48 @@ def probe_figures(
 
 
 # -- evidence for the judge ---------------------------------------------------------------------
-def _server_counts(window: ProbeWindowRecord) -> tuple[float, float] | None:
-    server = (window.raw or {}).get("server") if isinstance(window.raw, dict) else None
-    if not server:
+def _count(value: Any) -> float | None:
+    """A stored figure as a finite number >= 0, else None ("not measured"): older rows may hold
+    null where a NaN was written, and a bad row must never stall every later judgement."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(server.get("requests", 0)) + float(server.get("failures", 0)), float(server.get("failures", 0))
+    number = float(value)
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _server_counts(window: ProbeWindowRecord) -> tuple[float, float] | None:
+    """(attempts, failures) Triton counted for the window, or None when they were not measured.
+
+    Both figures must be there and be finite numbers >= 0; anything else (no metrics scraped, a
+    null, a NaN stored as null by an older version, a string) counts as not measured, and the
+    caller falls back to the probe's own counts.
+    """
+    server = window.raw.get("server") if isinstance(window.raw, dict) else None
+    if not isinstance(server, dict):
+        return None
+    requests, failures = _count(server.get("requests")), _count(server.get("failures"))
+    if requests is None or failures is None:
+        return None
+    return requests + failures, failures
 
 
 def evidence_from_windows(version: int, windows: list[ProbeWindowRecord]) -> Evidence:
-    """One version's `Evidence` over all of `windows` (samples pooled, counts summed, quality averaged)."""
+    """One version's `Evidence` over all of `windows` (samples pooled, counts summed, quality averaged).
+
+    A figure that is missing, non-finite or negative in a stored window is "not measured" and left
+    out, never an error: the judge must reach a decision (or the rollout its time limit) whatever
+    one bad window holds.
+    """
     samples: list[float] = []
     requests = errors = 0.0
-    qualities = [w.quality for w in windows if w.quality is not None]
-    agreements = [w.agreement for w in windows if w.agreement is not None]
-    server_p95 = [w.p95_ms for w in windows if w.p95_ms is not None]
+    qualities = [q for q in (_finite(w.quality) for w in windows) if q is not None]
+    agreements = [a for a in (_finite(w.agreement) for w in windows) if a is not None]
+    server_p95 = [p for p in (_count(w.p95_ms) for w in windows) if p is not None]
     for w in windows:
-        samples.extend(w.samples or [])
+        samples.extend(s for s in (_count(x) for x in (w.samples or ())) if s is not None)
         counts = _server_counts(w)
-        probe_requests, probe_errors = float(w.requests or 0), float(w.errors or 0)
+        probe_requests, probe_errors = _count(w.requests) or 0.0, _count(w.errors) or 0.0
+        probe_errors = min(probe_errors, probe_requests)
         if counts is not None:
             requests += max(counts[0], probe_requests)
             errors += max(counts[1], probe_errors)
@@ -248,9 +269,17 @@ def evidence_from_windows(version: int, windows: list[ProbeWindowRecord]) -> Evi
     )
 
 
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def preflight_evidence(rt: Runtime, record: VersionRecord) -> Evidence:
     """Every preflight attempt of the version counts: an undecided one is probed again next pass."""
-    return evidence_from_windows(record.version, rt.store.read.probe_windows(record.model, record.version, role="preflight"))
+    return evidence_from_windows(
+        record.version, rt.store.read.probe_windows(record.model, record.version, role="preflight")
+    )
 
 
 def canary_evidence(rt: Runtime, model: str, candidate: int, stable: int, rollout_id: int) -> tuple[Evidence, Evidence]:

@@ -15,6 +15,34 @@ end values) instead of reporting negative traffic.
 Parsing goes through `prometheus_client`'s parser, never by hand. That parser renames counter
 samples to `<name>_total`, so everything here keys on the FAMILY name, which keeps Triton's name.
 
+What is absurd, and what happens to it (nothing non-finite or negative ever reaches a `Snapshot`'s
+figures or a `WindowStats`, so nothing of the kind can be stored as evidence):
+
+- Counters (`_COUNTERS`, `nv_inference_request_failure`): NaN, +Inf, -Inf or a negative value makes
+  the WHOLE scrape `MetricsMalformed` (exit 53), naming the series. Triton keeps them as uint64 in
+  its core, so such a value is not a measurement but a broken exporter (or something in between),
+  and the rest of that page cannot be trusted either. Refusing the page is loud (the tick reports
+  exit 53) and safe: the control plane handles it like an unanswered scrape, judging on the probes'
+  own counts and keeping its last good snapshot as the next window's start. Dropping only the bad
+  version's counters instead would make the next window count that version from zero (the rule
+  for a version absent from the start), overcounting its traffic and failures.
+- Summary quantiles: NaN is "no value", never an error. Triton writes NaN for a version that had
+  no request in its ~60 s summary window (always so before the first request). +Inf, -Inf and
+  negative quantiles are dropped the same way: that quantile is missing (`p95_ms` None: "not
+  measured"), the version's counts and averages still count. The quantiles are Triton's own
+  estimate, a secondary figure, not worth losing the counters of the whole page for.
+- Gauges (`nv_inference_pending_request_count`, host CPU and GPU utilization and memory): a
+  non-finite or negative value is dropped (None, or no entry for that GPU). They are recorded for
+  the history, never judged, and utilization can read NaN while Triton has no sample yet.
+- A counter that went DOWN between two scrapes is read as a restart (`counter_reset`, the deltas
+  are the end values), whichever counter it is: a reload zeroes all of a version's counters, and
+  after one whose new traffic already passed the old count only SOME of them are lower, so asking
+  for all of them to go down would turn real restarts into negative deltas. There is no other
+  cause of a decrease in a Triton process, so no negative delta is ever produced.
+- `window` checks its snapshots again (they can be built by hand, bypassing `parse_metrics`):
+  a non-finite or negative counter, or a non-finite `taken_at`, is `BadWindow` (exit 54), and
+  `WindowStats` itself refuses any non-finite or negative figure (and a failure rate above 1).
+
 Example:
     start = scrape("127.0.0.1:8002")
     ...                                          # traffic
@@ -147,21 +175,59 @@ class WindowStats:
     p99_ms: float | None
     counter_reset: bool
 
+    def __post_init__(self) -> None:
+        where = f"window of {self.model} v{self.version}"
+        for name in _WINDOW_FIGURES:
+            value = getattr(self, name)
+            if value is not None and not _measured(value):
+                raise BadWindow(f"{where}: {name} is {value!r}, not a finite number >= 0")
+        for reason, value in self.failures_by_reason.items():
+            if not _measured(value):
+                raise BadWindow(f"{where}: failures_by_reason[{reason}] is {value!r}, not a finite number >= 0")
+        if self.failure_rate > 1:
+            raise BadWindow(f"{where}: failure_rate is {self.failure_rate!r}, above 1")
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _is_number(value: float) -> bool:
-    return not math.isnan(value)
+_WINDOW_FIGURES = (
+    "seconds",
+    "requests",
+    "failures",
+    "request_rate",
+    "failure_rate",
+    "avg_request_ms",
+    "avg_queue_ms",
+    "avg_compute_ms",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+)
+
+
+def _measured(value: float) -> bool:
+    """A figure a window may hold: a finite number >= 0 (NaN, infinities and negatives are not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _series(family: str, labels: Mapping[str, str]) -> str:
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return f"{family}{{{inner}}}"
 
 
 def parse_metrics(text: str, *, taken_at: float | None = None) -> Snapshot:
     """Parse the text of Triton's /metrics endpoint into a Snapshot.
 
     Raises MetricsMalformed when the text is not Prometheus exposition format (for example an
-    HTML page from a wrong port). Series with extra labels are summed per (model, version).
+    HTML page from a wrong port), or when a counter is NaN, infinite or negative (see the module
+    docstring: absurd quantiles and gauges are dropped instead). Series with extra labels are
+    summed per (model, version).
     """
     taken_at = time.time() if taken_at is None else taken_at
+    if not math.isfinite(taken_at):
+        raise BadWindow(f"a snapshot's taken_at must be a finite time, got {taken_at!r}")
+    malformed: list[str] = []
     counters: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
     failures: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
     pending: dict[tuple[str, str], float] = {}
@@ -177,21 +243,27 @@ def parse_metrics(text: str, *, taken_at: float | None = None) -> Snapshot:
                 per_version = "model" in labels and "version" in labels
                 if per_version and family.name.startswith("nv_inference_"):
                     seen.add(key)
-                if per_version and family.name in _COUNTERS:
-                    counters[key][_COUNTERS[family.name]] += float(sample.value)
+                value = float(sample.value)
+                ok = _measured(value)
+                if per_version and family.name in (*_COUNTERS, _FAILURE) and not ok:
+                    malformed.append(f"{_series(family.name, labels)} {value!r}")
+                elif per_version and family.name in _COUNTERS:
+                    counters[key][_COUNTERS[family.name]] += value
                 elif per_version and family.name == _FAILURE:
-                    failures[key][labels.get("reason", "UNKNOWN")] += float(sample.value)
-                elif per_version and family.name == _PENDING:
-                    pending[key] = pending.get(key, 0.0) + float(sample.value)
-                elif per_version and family.name in _SUMMARIES and "quantile" in labels:
-                    if _is_number(sample.value):
-                        quantiles[key][_SUMMARIES[family.name]][float(labels["quantile"])] = float(sample.value)
-                elif family.name in _HOST and not labels:
-                    host[_HOST[family.name]] = float(sample.value)
-                elif family.name in _GPU and "gpu_uuid" in labels:
-                    gpus[_GPU[family.name]][labels["gpu_uuid"]] = float(sample.value)
+                    failures[key][labels.get("reason", "UNKNOWN")] += value
+                elif per_version and family.name == _PENDING and ok:
+                    pending[key] = pending.get(key, 0.0) + value
+                elif per_version and family.name in _SUMMARIES and "quantile" in labels and ok:
+                    quantiles[key][_SUMMARIES[family.name]][float(labels["quantile"])] = value
+                elif family.name in _HOST and not labels and ok:
+                    host[_HOST[family.name]] = value
+                elif family.name in _GPU and "gpu_uuid" in labels and ok:
+                    gpus[_GPU[family.name]][labels["gpu_uuid"]] = value
     except ValueError as exc:
         raise MetricsMalformed(f"metrics text is not Prometheus exposition format: {exc}") from exc
+    if malformed:
+        more = f" (and {len(malformed) - 3} more)" if len(malformed) > 3 else ""
+        raise MetricsMalformed(f"Triton counters must be finite numbers >= 0; got {'; '.join(malformed[:3])}{more}")
     versions = {
         key: _counters(
             counters.get(key, {}),
@@ -268,8 +340,16 @@ def scrape(url: str, *, timeout: float = 5.0) -> Snapshot:
 
 
 def _quantile_ms(quantiles: dict[float, float], q: float) -> float | None:
+    """The quantile in ms; None when Triton has none (NaN, or missing, or absurd: not measured)."""
     value = quantiles.get(q)
-    return None if value is None else value / 1000.0
+    return value / 1000.0 if value is not None and _measured(value) else None
+
+
+def _check_counters(key: tuple[str, str], counters: VersionCounters, side: str) -> None:
+    """BadWindow when a snapshot built without `parse_metrics` holds a counter no window can use."""
+    for name, value in counters.cumulative().items():
+        if not _measured(value):
+            raise BadWindow(f"{side} snapshot of {key[0]} v{key[1]}: {name} is {value!r}, not a finite number >= 0")
 
 
 def _per_request_ms(total_us: float, requests: float) -> float | None:
@@ -303,11 +383,17 @@ def window(start: Snapshot, end: Snapshot) -> dict[tuple[str, str], WindowStats]
     stays the whole window, so the rates are a lower bound.
     """
     seconds = end.taken_at - start.taken_at
+    if not math.isfinite(seconds):
+        raise BadWindow(f"snapshots taken at {start.taken_at!r} and {end.taken_at!r} do not make a window")
     if seconds < 0:
         raise BadWindow(f"end snapshot ({end.taken_at:.3f}) is older than the start ({start.taken_at:.3f})")
     result = {}
     for key, counters in end.versions.items():
-        delta, reset = _delta(start.versions.get(key), counters)
+        before = start.versions.get(key)
+        _check_counters(key, counters, "end")
+        if before is not None:
+            _check_counters(key, before, "start")
+        delta, reset = _delta(before, counters)
         failures = delta.failures
         requests = delta.success
         attempts = requests + failures

@@ -18,7 +18,9 @@ from sqlalchemy.engine import make_url
 
 from builders.manifest import Manifest
 from builders.repository import ModelRepository, parse_config
+from control_plane.audit import history_mismatches
 from control_plane.local_triton import LocalTriton
+from control_plane.store import Store
 from control_plane.triton_admin import override_json
 
 POSTGRES_URL = os.environ.get("SHEPHERD_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -148,3 +150,19 @@ def not_triton() -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- the history audit ----------------------------------------------------------------------------
+HISTORIES: list[str] = []  # database URLs a test's runtimes opened (tests.test_control_plane.make_runtime)
+
+
+@pytest.fixture(autouse=True)
+def history_tells_the_truth(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that ran the control plane: every version's last decision matches the state it ended in."""
+    if "postgres_url" in request.fixturenames:
+        request.getfixturevalue("postgres_url")  # set up first, so its database is dropped after the audit
+    HISTORIES.clear()
+    yield
+    for url in dict.fromkeys(HISTORIES):
+        with Store.open(url, migrate=False) as store:
+            assert history_mismatches(store) == [], url

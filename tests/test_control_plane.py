@@ -12,14 +12,13 @@ import tritonclient.grpc as grpcclient
 
 from builders.repository import ModelRepository
 from control_plane import reconciler
-from control_plane.audit import history_mismatches
 from control_plane.local_triton import LocalTriton
 from control_plane.runtime import Runtime, open_runtime
 from control_plane.settings import load_settings
-from control_plane.store import Store
 from control_plane.store.models import State
 from probes.load import LoadGenerator
 from tests.classifier_models import golden_set, publish
+from tests.conftest import HISTORIES
 
 pytestmark = pytest.mark.triton
 
@@ -49,23 +48,8 @@ def make_runtime(
         },
     )
     runtime = open_runtime(settings)
-    _opened.append(settings.db_url)
+    HISTORIES.append(settings.db_url)  # audited after the test (conftest.history_tells_the_truth)
     return runtime
-
-
-_opened: list[str] = []
-
-
-@pytest.fixture(autouse=True)
-def history_tells_the_truth(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each rollout test: every version's last decision matches the state it ended in."""
-    if "postgres_url" in request.fixturenames:
-        request.getfixturevalue("postgres_url")  # set up first, so its database is dropped after the audit
-    _opened.clear()
-    yield
-    for url in dict.fromkeys(_opened):
-        with Store.open(url, migrate=False) as store:
-            assert history_mismatches(store) == [], url
 
 
 @pytest.fixture

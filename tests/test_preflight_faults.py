@@ -18,9 +18,8 @@ from control_plane import reconciler
 from control_plane.local_triton import LocalTriton
 from control_plane.store.models import State
 from tests.classifier_models import CONFIG, classifier_onnx, publish, true_weights
-from tests.test_control_plane import (  # noqa: F401  (history_tells_the_truth: the audit after every test)
+from tests.test_control_plane import (
     establish_stable,
-    history_tells_the_truth,
     make_runtime,
     ready,
     state_of,

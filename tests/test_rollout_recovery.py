@@ -23,10 +23,9 @@ from control_plane.local_triton import LocalTriton
 from control_plane.runtime import Runtime
 from control_plane.store.models import State
 from tests.classifier_models import publish
-from tests.test_control_plane import (  # noqa: F401  (history_tells_the_truth: the audit after every test)
+from tests.test_control_plane import (
     FAST_POLICY,
     establish_stable,
-    history_tells_the_truth,
     make_runtime,
     ready,
     state_of,

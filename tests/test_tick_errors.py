@@ -18,10 +18,9 @@ from control_plane.store.models import State
 from probes.errors import MetricsMalformed, MetricsUnavailable
 from tests.classifier_models import publish
 from tests.test_cli_errors import closed_port, fails_with, shepherd
-from tests.test_control_plane import (  # noqa: F401  (history_tells_the_truth: the audit after every test)
+from tests.test_control_plane import (
     FAST_POLICY,
     establish_stable,
-    history_tells_the_truth,
     make_runtime,
     state_of,
     tick_until,
