@@ -10,7 +10,8 @@
     tensorrt       source, spec, onnx                                 engine
     quality        source, spec, served_onnx                          quality
     publish        source, spec, tolerance, verification, quality,    published
-                   served_onnx (ONNX asked for), engine (TensorRT asked for)
+                   served_onnx (ONNX asked for), engine (TensorRT asked for),
+                   entries (a kind that publishes more models with its own, e.g. a text model's tokenizer)
 
 Why functions that make new values instead of one mutable state: a step cannot depend on a value
 it did not declare, so reordering or replacing a step either works or fails naming what is
@@ -31,7 +32,7 @@ from builders.build_inputs import Batch, BuildContext, BuildOptions, ModelSource
 from builders.errors import BuildFailed
 from builders.manifest import Manifest, builder_version
 from builders.plan import Done, Step
-from builders.repository import PublishedVersion
+from builders.repository import NewVersion
 from builders.specs import NUMPY_DTYPES, ExportSpec, Tolerance
 from builders.triton_config import ONNX_PLATFORM, model_config
 
@@ -179,8 +180,14 @@ def publish(
     quality: dict[str, Any],
     served_onnx: Path | None = None,
     engine: Path | None = None,
+    entries: tuple[NewVersion, ...] = (),
 ) -> Done:
-    """Publish every requested format; everything was made and verified before this step runs."""
+    """Publish every requested format, and the `entries` the model kind adds, as ONE unit.
+
+    Everything was made and verified before this step runs; `ModelRepository.publish_versions`
+    makes all of it visible or none of it, so no model version is left without the entries it is
+    served with. The model's own versions come first in "published".
+    """
     options = ctx.options
     names = options.model_names()
     settings = {**options.as_dict(), "tolerance": tolerance.as_dict(), "spec": spec.as_dict()}
@@ -195,28 +202,35 @@ def publish(
         config = tensorrt.tensorrt_config(names["tensorrt"], spec, batching=options.batching)
         engine_settings = {**settings, "engine": options.engine.as_dict()}
         staged.append((names["tensorrt"], "tensorrt", {"model.plan": engine}, config, engine_settings))
-    published: list[PublishedVersion] = []
-    for model, fmt, model_files, config, model_settings in staged:
-        manifest = Manifest(
-            model=model,
-            version=0,
-            kind=source.kind,
-            format=fmt,
-            builder_version=builder_version(),
-            source=source.info,
-            settings=model_settings,
-            verification=verification,
-            quality=quality,
+    versions = [
+        NewVersion(
+            model,
+            Manifest(
+                model=model,
+                version=0,
+                kind=source.kind,
+                format=fmt,
+                builder_version=builder_version(),
+                source=source.info,
+                settings=model_settings,
+                verification=verification,
+                quality=quality,
+            ),
+            model_files,
+            config,
         )
-        published.append(ctx.repo.publish_version(model, files=model_files, manifest=manifest, config=config))
-    return Done({"versions": {p.model: p.version for p in published}}, {"published": tuple(published)})
+        for model, fmt, model_files, config, model_settings in staged
+    ]
+    published = ctx.repo.publish_versions([*versions, *entries])
+    return Done({"versions": {p.model: p.version for p in published}}, {"published": published})
 
 
-def publish_step(options: BuildOptions) -> Step:
-    """The `publish` step, needing the ONNX file and the engine only for the formats asked for."""
+def publish_step(options: BuildOptions, *, entries: bool = False) -> Step:
+    """The `publish` step, needing the ONNX file and the engine only for the formats asked for, and
+    the model kind's `entries` (made by an earlier step) when `entries` is true."""
     names = options.model_names()
     files = (("served_onnx",) if "onnx" in names else ()) + (("engine",) if "tensorrt" in names else ())
-    needs = ("source", "spec", "tolerance", "verification", "quality", *files)
+    needs = ("source", "spec", "tolerance", "verification", "quality", *files, *(("entries",) if entries else ()))
     return Step("publish", publish, needs=needs, makes=("published",))
 
 

@@ -1,16 +1,17 @@
 """A build as an explicit plan of small steps, each ending OK, FAIL or SKIPPED with its figures.
 
-    preflight -> load -> export -> verify_random -> verify_golden -> optimize (+ verify) -> tensorrt -> quality -> publish
-    [-> what the model kind adds after publish, e.g. a text model's tokenizer and ensemble]
+    preflight -> load -> export -> verify_random -> verify_golden -> optimize (+ verify) -> tensorrt -> quality
+    [-> entries: what the model kind publishes with its own, e.g. a text model's tokenizer and ensemble] -> publish
 
 Why steps and not one function: a person reading a failed build must see which stage failed and
 with which figures, and the CLI shows a progress bar per stage. A failure is a status, not an
 exception that unwinds everything: the first FAIL stops the plan, the remaining steps are reported
 SKIPPED, and nothing is published, because publishing comes after every artifact was made (in a
-temporary folder) and verified (`ModelRepository.publish_version` is atomic on top of that).
+temporary folder) and verified (`ModelRepository.publish_versions` publishes the model and the
+kind's entries as one atomic unit on top of that).
 
 `plan` builds the list of steps from the options and what the model kind brings (its load, its
-exporter, its steps after publish); steps the options do not ask for are in the plan as SKIPPED,
+exporter, the entries it publishes with its model); steps the options do not ask for are in the plan as SKIPPED,
 with the reason, so every build reports the same stages. Each step declares its inputs and
 outputs (builders.plan, builders.build_steps). Any model kind plugs in through a `load` function
 that returns a `ModelSource` (the ranker in builders/ranker.py, the Hugging Face text models in
@@ -93,13 +94,14 @@ def plan(
     load: Step,
     *,
     export: Step | None = None,
-    after_publish: Sequence[Step] = (),
+    entries: Step | None = None,
 ) -> list[Step]:
     """The steps of a build of one model kind, in order, for these options.
 
     `load` makes the source (see `build_steps.load_step`); `export` replaces the dynamo export
-    for kinds that need another exporter; `after_publish` run once the model version is
-    published (they may need "published").
+    for kinds that need another exporter; `entries`, run just before publish, makes the versions
+    of other models the kind publishes with its own as one unit (a text model's tokenizer and
+    ensemble): all are published together or none is.
     """
     tensorrt_asked = "tensorrt" in options.formats
     preflight, tensorrt = build_steps.PREFLIGHT, build_steps.TENSORRT
@@ -113,8 +115,8 @@ def plan(
         optimize if options.optimize or options.fp16 else optimize.skipped("neither --optimize nor --fp16 asked for"),
         tensorrt if tensorrt_asked else tensorrt.skipped("tensorrt not in --formats"),
         build_steps.QUALITY,
-        build_steps.publish_step(options),
-        *after_publish,
+        *((entries,) if entries is not None else ()),
+        build_steps.publish_step(options, entries=entries is not None and not entries.skip),
     ]
 
 

@@ -9,6 +9,8 @@ Per text model `<name>` three Triton entries:
     <name>            the ONNX model (input_ids, attention_mask -> logits | embedding); versions roll out
     <name>_tokenizer  Python backend: text BYTES -> input_ids, attention_mask (builders/tokenizer_backend)
     <name>_text       ensemble: text -> <name>_tokenizer -> <name> (steps name no version)
+The three are published as one unit (ModelRepository.publish_versions): a model version never
+becomes visible without its tokenizer and ensemble, nor stays if publishing them fails.
 The tokenizer.json is also published beside each ONNX version, so the golden set of a specific
 version is tokenised exactly as that version expects (builders.golden_inputs).
 
@@ -40,7 +42,7 @@ from builders.manifest import Manifest, builder_version, sha256_file
 from builders.onnx_export import ExportSpec, TensorSpec, Tolerance
 from builders.pipeline import BuildResult, Progress, plan, run_build
 from builders.plan import Done, Step
-from builders.repository import ModelRepository, PublishedVersion
+from builders.repository import ModelRepository, NewVersion, validate_model_name
 from builders.triton_config import EnsembleStep, ensemble_config, python_model_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -451,11 +453,20 @@ def _same_config(repo: ModelRepository, name: str, config: Any) -> bool:
     return repo.config_path(name).is_file() and repo.read_config(name) == config
 
 
-def publish_tokenizer(
+def entry_names(name: str) -> tuple[str, str]:
+    """`<name>_tokenizer` and `<name>_text`, each a valid model name, else InvalidModelName.
+
+    Why checked on its own: `<name>` may fit the name limit while `<name>_tokenizer` does not.
+    """
+    return validate_model_name(name + TOKENIZER_SUFFIX), validate_model_name(name + ENSEMBLE_SUFFIX)
+
+
+def tokenizer_version(
     repo: ModelRepository, name: str, checkpoint: TextCheckpoint, options: BuildOptions
-) -> PublishedVersion | None:
-    """Publish `<name>_tokenizer` unless its latest version already has this tokenizer, backend and config."""
-    model = name + TOKENIZER_SUFFIX
+) -> NewVersion | None:
+    """The `<name>_tokenizer` version to publish, or None when its latest version already has this
+    tokenizer, backend and config."""
+    model, _ = entry_names(name)
     config = python_model_config(model, tokenizer_spec(), batching=options.batching, instances=options.instances)
     backend = TOKENIZER_BACKEND.read_bytes()
     files = {"model.py": backend, golden.TOKENIZER_FILE: checkpoint.tokenizer_json}
@@ -472,15 +483,13 @@ def publish_tokenizer(
         source={"path": str(checkpoint.path), "sha256": wanted[golden.TOKENIZER_FILE], "for_model": name},
         settings={"max_length": checkpoint.max_length, "outputs": list(INPUT_NAMES)},
     )
-    return repo.publish_version(model, files=dict(files), manifest=manifest, config=config)
+    return NewVersion(model, manifest, dict(files), config)
 
 
-def publish_ensemble(
-    repo: ModelRepository, name: str, checkpoint: TextCheckpoint, spec: ExportSpec, options: BuildOptions
-) -> PublishedVersion | None:
-    """Publish `<name>_text` (text -> tokenizer -> model) unless an identical config is already there."""
-    model = name + ENSEMBLE_SUFFIX
-    tokenizer = name + TOKENIZER_SUFFIX
+def ensemble_version(repo: ModelRepository, name: str, spec: ExportSpec, options: BuildOptions) -> NewVersion | None:
+    """The `<name>_text` version (text -> tokenizer -> model) to publish, or None when an identical
+    config is already there."""
+    tokenizer, model = entry_names(name)
     output = spec.outputs[0]
     config = ensemble_config(
         model,
@@ -503,18 +512,22 @@ def publish_ensemble(
         source={"steps": [tokenizer, name], "for_model": name},
         settings={"output": output.name, "max_batch_size": options.batching.max_batch_size},
     )
-    return repo.publish_version(model, files={}, manifest=manifest, config=config)
+    return NewVersion(model, manifest, {}, config)
 
 
 # -- builds --------------------------------------------------------------------------------------
-def load_text_step(checkpoint_dir: Path, kind: str) -> Step:
-    """The text models' `load`: inspect the checkpoint (no weights yet), then load it.
+def load_text_step(checkpoint_dir: Path, kind: str, *, with_entries: bool = True) -> Step:
+    """The text models' `load`: check the entries' names, inspect the checkpoint (no weights yet), then load it.
 
     Besides the source it makes the inspected `checkpoint`, which the tokenizer and ensemble
-    step needs; a checkpoint that fails inspection fails this step with its SourceError.
+    step needs; a checkpoint that fails inspection fails this step with its SourceError. With
+    `with_entries`, a name whose tokenizer or ensemble name is not valid fails it first
+    (InvalidModelName), before any work.
     """
 
     def run(ctx: BuildContext) -> Done:
+        if with_entries:
+            entry_names(ctx.options.name)
         checkpoint = inspect_checkpoint(checkpoint_dir, kind)
         done = build_steps.loaded(ctx, text_source(checkpoint))
         return Done(done.figures, done.made | {"checkpoint": checkpoint})
@@ -522,40 +535,40 @@ def load_text_step(checkpoint_dir: Path, kind: str) -> Step:
     return Step("load", run, makes=(*build_steps.LOAD_MAKES, "checkpoint"))
 
 
-def publish_entries(
-    ctx: BuildContext, *, checkpoint: TextCheckpoint, spec: ExportSpec, published: tuple[PublishedVersion, ...]
-) -> Done:
-    """Tokenizer and ensemble after the model version: the ensemble's config names the model."""
-    figures: dict[str, Any] = {}
-    entries: list[PublishedVersion] = []
-    for entry in (
-        publish_tokenizer(ctx.repo, ctx.options.name, checkpoint, ctx.options),
-        publish_ensemble(ctx.repo, ctx.options.name, checkpoint, spec, ctx.options),
-    ):
-        if entry is not None:
-            entries.append(entry)
-            figures[entry.model] = entry.version
-    return Done({"published": figures or "unchanged"}, {"published": (*published, *entries)})
+def text_entries(ctx: BuildContext, *, checkpoint: TextCheckpoint, spec: ExportSpec) -> Done:
+    """The tokenizer and ensemble versions that changed, for `publish` to publish with the model as one unit."""
+    name = ctx.options.name
+    entries = tuple(
+        entry
+        for entry in (
+            tokenizer_version(ctx.repo, name, checkpoint, ctx.options),
+            ensemble_version(ctx.repo, name, spec, ctx.options),
+        )
+        if entry is not None
+    )
+    return Done({"entries": [e.model for e in entries] or "unchanged"}, {"entries": entries})
 
 
-TEXT_ENTRIES = Step("text_entries", publish_entries, needs=("checkpoint", "spec", "published"), makes=("published",))
+TEXT_ENTRIES = Step("text_entries", text_entries, needs=("checkpoint", "spec"), makes=("entries",))
 
 
 def text_plan(options: BuildOptions, checkpoint_dir: Path, kind: str) -> list[Step]:
-    """The standard plan with the text models' load, exporter and tokenizer/ensemble step.
+    """The standard plan with the text models' load, exporter and tokenizer/ensemble entries.
 
     Embedders export with the TorchScript exporter. Why: torch 2.13's dynamo exporter names the
     word-embedding lookup's value `embedding` (after the aten op) and then also names the graph
     output `embedding`, which breaks ONNX's single-assignment rule; the TorchScript exporter has
     no such clash. Both are verified alike. The tokenizer and ensemble wrap the ONNX model, so
-    they are skipped when only a TensorRT engine is asked for.
+    they are skipped when only a TensorRT engine is asked for; otherwise `publish` publishes them
+    with the model version as one unit (all or nothing).
     """
-    entries = TEXT_ENTRIES if "onnx" in options.model_names() else TEXT_ENTRIES.skipped("no ONNX model published")
+    with_entries = "onnx" in options.model_names()
+    entries = TEXT_ENTRIES if with_entries else TEXT_ENTRIES.skipped("no ONNX model published")
     return plan(
         options,
-        load_text_step(checkpoint_dir, kind),
+        load_text_step(checkpoint_dir, kind, with_entries=with_entries),
         export=build_steps.export_step(dynamo=kind != "embedder"),
-        after_publish=(entries,),
+        entries=entries,
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from builders.errors import BadOption, EngineUnavailable, SourceError
+from builders.errors import BadOption, EngineUnavailable, InvalidModelName, SourceError
 from builders.ranker import train_example
 from builders.repository import ModelRepository
 from control_plane.cli.build_cmd import make_options
@@ -142,3 +142,27 @@ def test_make_options_maps_the_command_line() -> None:
     assert make_options("m", formats="tensorrt").model_names() == {"tensorrt": "m"}
     with pytest.raises(BadOption, match="formats"):
         make_options("m", formats="onnx,savedmodel")
+
+
+@pytest.mark.parametrize("kind", ["intent", "embedder", "ranker"])
+def test_an_explicitly_empty_name_is_refused_not_defaulted(repo: ModelRepository, weights: Path, kind: str) -> None:
+    """`--name ''` is a bad name (exit 31), never the kind's default name; nothing is written."""
+    if kind == "ranker":
+        args = ranker_args(repo, weights, "--name", "", "--json")
+    else:  # a missing checkpoint: a build that got past the name would fail with 40 instead
+        args = [
+            "build",
+            kind,
+            "--checkpoint",
+            str(repo.root / "absent"),
+            "--repo",
+            str(repo.root),
+            "--name",
+            "",
+            "--json",
+        ]
+    run = shepherd(*args)
+    assert run.returncode == InvalidModelName.exit_code == 31, (run.stdout, run.stderr)
+    fails_with(run, InvalidModelName, "model name is empty")
+    assert json.loads(run.stdout)["error_type"] == "InvalidModelName"
+    assert list(repo.root.iterdir()) == []

@@ -7,8 +7,10 @@ real tritonserver; the broken-checkpoint tests use their own repositories.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ import tritonclient.grpc as grpcclient
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
 
 from builders.build_steps import load_step
-from builders.errors import SourceError
+from builders.errors import InvalidModelName, RepositoryError, SourceError
 from builders.golden_data import INTENTS, intent_queries, read_intents
 from builders.golden_inputs import golden_inputs, score
 from builders.intent_example import make_wordpiece_tokenizer
@@ -302,13 +304,14 @@ def test_text_plans_bring_their_exporter_and_entries_and_a_ranker_plan_does_not(
     intent = {step.name: step for step in text_plan(options, tmp_path / "nowhere", "intent")}
     embedder = {step.name: step for step in text_plan(options, tmp_path / "nowhere", "embedder")}
     ranker = plan(options, load_step(lambda: ranker_source("pkg.mod:make", tmp_path / "w.pt")))
-    assert list(intent)[-2:] == ["publish", "text_entries"] and not intent["text_entries"].skip
-    assert {"checkpoint", "published"} <= set(intent["text_entries"].needs)
+    assert list(intent)[-2:] == ["text_entries", "publish"] and not intent["text_entries"].skip
+    assert {"checkpoint", "spec"} <= set(intent["text_entries"].needs) and "entries" in intent["publish"].needs
     assert "checkpoint" in intent["load"].makes and "checkpoint" not in ranker[1].makes
     assert "text_entries" not in [step.name for step in ranker] and ranker[-1].name == "publish"
     assert intent.keys() == embedder.keys()
     engine_only = {s.name: s for s in text_plan(BuildOptions("m", formats=("tensorrt",)), tmp_path, "intent")}
     assert engine_only["text_entries"].skip == "no ONNX model published"
+    assert "entries" not in engine_only["publish"].needs and "entries" not in ranker[-1].needs
 
 
 def test_embedders_export_with_torchscript_and_classifiers_with_dynamo(built: Built) -> None:
@@ -386,3 +389,37 @@ def test_inspect_reads_pooling_and_rejects_unknown_pooling(built: Built, tmp_pat
     assert (found.layout, found.pooling, found.normalize) == ("transformers", "mean", True)
     with pytest.raises(SourceError, match="not a sequence-classification checkpoint"):  # an encoder is no classifier
         inspect_checkpoint(plain, "intent")
+
+
+def test_a_name_too_long_for_the_tokenizer_publishes_nothing(tmp_path: Path) -> None:
+    """`<name>` fits the 128-character limit but `<name>_tokenizer` does not: refused before any work."""
+    repo = ModelRepository(tmp_path / "model_repository")
+    repo.root.mkdir()
+    name = "n" * 120
+    result = build_intent(repo, tiny_intent_checkpoint(tmp_path / "intent"), BuildOptions(name))
+    assert isinstance(result.error, InvalidModelName) and result.exit_code == 31
+    assert f"{name}_tokenizer" in str(result.error)
+    assert result.published == () and result.version is None
+    assert {s.name: s.status for s in result.steps}["publish"] == Status.SKIPPED
+    assert [p for p in repo.root.iterdir() if p.name != ".shepherd.lock"] == []
+
+
+def test_a_failed_tokenizer_publish_leaves_no_model_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills while the tokenizer is published: the model version is not left for the control plane."""
+    repo = ModelRepository(tmp_path / "model_repository")
+    repo.root.mkdir()
+    real_rename = os.rename
+
+    def full_disk(source: Any, target: Any) -> None:
+        if Path(target).parent.name == "intent_tokenizer":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", full_disk)
+    result = build_intent(repo, tiny_intent_checkpoint(tmp_path / "intent"), BuildOptions("intent"))
+    monkeypatch.undo()
+    assert isinstance(result.error, RepositoryError) and "No space left" in str(result.error)
+    assert result.published == ()
+    assert repo.versions("intent") == [] and repo.versions("intent_tokenizer") == []
+    assert repo.versions("intent_text") == []
+    assert [p for p in repo.root.iterdir() if p.name != ".shepherd.lock"] == []

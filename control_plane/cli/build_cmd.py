@@ -46,6 +46,15 @@ TimingCache = Annotated[Path | None, typer.Option("--timing-cache", help="Tensor
 Json = Annotated[bool, typer.Option("--json", help="Print JSON results only (for scripts).")]
 
 
+def model_name(name: str | None, default: str) -> str:
+    """`--name` as given, or the kind's default when it was NOT given (None).
+
+    Why not `name or default`: an explicitly empty `--name ''` must be refused as InvalidModelName
+    (exit 31) by BuildOptions, not silently replaced by the default model name.
+    """
+    return default if name is None else name
+
+
 def _csv_ints(text: str, what: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
@@ -223,14 +232,15 @@ def ranker(
     from builders.ranker import GOLDEN_CSV, build_ranker
 
     common = _common(locals())
+    model = model_name(name, "ctr_ranker")
     _run(
         as_json,
-        name or "ctr_ranker",
+        model,
         lambda progress: build_ranker(
             ModelRepository(repo),
             factory=factory,
             weights=weights,
-            options=make_options(name or "ctr_ranker", **common),
+            options=make_options(model, **common),
             golden=golden or GOLDEN_CSV,
             progress=progress,
         ),
@@ -282,12 +292,11 @@ def _text_command(kind: str, default_name: str) -> Callable[..., None]:
 
         common = _common(locals())
         build = text_models.build_intent if kind == "intent" else text_models.build_embedder
+        model = model_name(name, default_name)
         _run(
             as_json,
-            name or default_name,
-            lambda progress: build(
-                ModelRepository(repo), checkpoint, make_options(name or default_name, **common), progress=progress
-            ),
+            model,
+            lambda progress: build(ModelRepository(repo), checkpoint, make_options(model, **common), progress=progress),
         )
 
     command.__doc__ = {
