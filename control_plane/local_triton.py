@@ -8,6 +8,19 @@ container the same model repository is served by the native backends instead.
 
 `start` detaches the server in its own process group and records it in a state directory, so a
 later `stop` from another process (the CLI) ends the server and every stub it started.
+
+Security (anyone who reaches the repository API can upload a model, i.e. run code on this host;
+see Triton's "Secure Deployment Considerations"):
+- every port binds 127.0.0.1 unless a `host` is given (`--http-address`, `--grpc-address`,
+  `--metrics-address`);
+- the server, and the Python stubs it forks, start with a clean environment: PATH,
+  LD_LIBRARY_PATH, OMP_NUM_THREADS and the few harmless variables of `PASSED_ENV`, never the
+  database URL, SMTP password or any other variable of shepherd's;
+- with an `api_key`, the model-repository API (with shared-memory, trace and logging, which
+  shepherd never calls) answers only requests that carry the header `shepherd-api-key` (gRPC:
+  `triton-grpc-protocol-shepherd-api-key`): `--http-restricted-api` and `--grpc-restricted-protocol`.
+  Triton 2.51 takes the key only on its command line, so any local user who can read
+  /proc/<pid>/cmdline of the server can read the key; it never goes to state.json, logs or errors.
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,15 +44,29 @@ from pathlib import Path
 import requests
 
 from control_plane.errors import (
+    ConfigError,
     PortInUse,
     RepositoryMissing,
+    TritonAccessDenied,
     TritonBinaryMissing,
     TritonNotRunning,
     TritonStartFailed,
     TritonUnreachable,
 )
+from control_plane.triton_admin import API_KEY_HEADER, mask
 
 STUB_NAME = "triton_python_backend_stub"
+DEFAULT_HOST = "127.0.0.1"
+# The APIs the key guards. model-repository is the one that matters (load with uploaded files runs
+# code); shared-memory, trace and logging are admin APIs shepherd never calls. Inference, health,
+# metadata, model-config and statistics stay open: probes and load generators need no key.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
+# What the server inherits from the parent besides PATH and LD_LIBRARY_PATH (which are built):
+# locale, time zone, temp folder and thread counts (passed only when they are digits). Nothing
+# that can hold a secret; SHEPHERD_ORT_INTRA_OP_THREADS is read by the onnxruntime backend's model.py.
+PASSED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "OMP_NUM_THREADS", "SHEPHERD_ORT_INTRA_OP_THREADS")
+SYSTEM_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
+_KEY_PATTERN = re.compile(r"[A-Za-z0-9._~+/-]{16,256}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +101,8 @@ class ServerState:
     log_file: str
     state_dir: str
     started_at: float = field(default_factory=time.time)
+    host: str = DEFAULT_HOST  # the address every port binds
+    restricted: bool = False  # the repository API wants the key (the key itself is never recorded)
 
     @property
     def ports(self) -> Ports:
@@ -80,15 +110,32 @@ class ServerState:
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{connect_host(self.host)}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{connect_host(self.host)}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{connect_host(self.host)}:{self.metrics_port}/metrics"
+
+
+def connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host` (a wildcard: loopback)."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def check_api_key(api_key: str) -> str:
+    """The key, if it can travel in a header and in Triton's `<apis>:<header>=<key>` flag; the error never shows it."""
+    if not _KEY_PATTERN.fullmatch(api_key):
+        raise ConfigError(
+            "the Triton API key must be 16 to 256 characters of letters, digits and . _ ~ + / - "
+            "(no spaces, ':', ',' or '='); the value is not shown"
+        )
+    return api_key
 
 
 def find_installation() -> TritonInstallation:
@@ -159,17 +206,25 @@ def free_ports(count: int = 3) -> list[int]:
 
 
 def _server_env(installation: TritonInstallation) -> dict[str, str]:
-    """Environment that lets the Python stub import this environment's packages."""
-    env = dict(os.environ)
+    """A clean environment: what the server and the Python stub need, nothing of shepherd's.
+
+    Built from nothing, not filtered from os.environ, so a secret under a name nobody thought of
+    (a database URL, an SMTP password, a token) cannot leak into the server or a model's code.
+    """
+    env = {name: os.environ[name] for name in PASSED_ENV if os.environ.get(name)}
+    for name in ("OMP_NUM_THREADS", "SHEPHERD_ORT_INTRA_OP_THREADS"):  # thread counts: digits or nothing
+        if not env.get(name, "0").isdigit():
+            del env[name]
     libdirs = [str(installation.lib_dir)]
     libpython_dir = sysconfig.get_config_var("LIBDIR")
     if libpython_dir and any(Path(libpython_dir).glob("libpython3*.so*")):
         libdirs.insert(0, libpython_dir)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join([*libdirs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+    # The parent's library path is kept (a container's CUDA libraries live there); it holds folders, not secrets.
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([*libdirs, os.environ.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
     # The stub embeds Python in isolated mode (PYTHONPATH is ignored) and finds its prefix by
     # looking up `python3` on PATH: putting this interpreter's folder first makes it use this
-    # environment (a virtualenv's site-packages included).
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # environment (a virtualenv's site-packages included). The rest is the system's folders.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), *SYSTEM_PATH])
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
@@ -181,9 +236,9 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log written)"
 
 
-def _start_failed(what: str, log_file: Path) -> TritonStartFailed:
+def _start_failed(what: str, log_file: Path, secret: str | None = None) -> TritonStartFailed:
     """One line that says what happened, quotes the log's last error line and names the log; its tail below."""
-    tail = _tail(log_file)
+    tail = mask(_tail(log_file), secret)
     lines = [line.strip() for line in tail.splitlines() if line.strip()]
     # Triton logs errors glog-style ("E1127 09:14:02.123 ..."); otherwise the last line says the most.
     errors = [line for line in lines if (line[:1] == "E" and line[1:5].isdigit()) or "error" in line.lower()]
@@ -193,9 +248,9 @@ def _start_failed(what: str, log_file: Path) -> TritonStartFailed:
     )
 
 
-def _is_ready(http_port: int, timeout: float = 1.0) -> bool:
+def _is_ready(http_port: int, timeout: float = 1.0, host: str = DEFAULT_HOST) -> bool:
     try:
-        return requests.get(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=timeout).ok
+        return requests.get(f"http://{connect_host(host)}:{http_port}/v2/health/ready", timeout=timeout).ok
     except requests.RequestException:
         return False
 
@@ -208,8 +263,18 @@ def start(
     log_file: Path | None = None,
     timeout: float = 120.0,
     extra_args: Sequence[str] = (),
+    host: str = DEFAULT_HOST,
+    api_key: str | None = None,
 ) -> ServerState:
-    """Start tritonserver in explicit mode on `repo` and return once it answers ready."""
+    """Start tritonserver in explicit mode on `repo` and return once it answers ready.
+
+    Every port binds `host` (loopback unless told otherwise); with `api_key`, the repository API
+    answers only requests with the header `shepherd-api-key` (gRPC: `triton-grpc-protocol-` before it).
+    """
+    if api_key is not None:
+        check_api_key(api_key)
+    if not host.strip() or any(c.isspace() for c in host):
+        raise ConfigError(f"not a host to bind: {host!r}")
     repo = Path(repo).resolve()
     if not repo.is_dir():
         raise RepositoryMissing(f"model repository not found: {repo}")
@@ -233,8 +298,11 @@ def start(
         f"--model-repository={repo}",
         f"--backend-directory={backends}",
         "--model-control-mode=explicit",
+        f"--http-address={host}",
         f"--http-port={ports.http}",
+        f"--grpc-address={host}",
         f"--grpc-port={ports.grpc}",
+        f"--metrics-address={host}",
         f"--metrics-port={ports.metrics}",
         "--allow-metrics=true",
         "--allow-gpu-metrics=true",
@@ -242,6 +310,9 @@ def start(
         "--exit-timeout-secs=10",
         *extra_args,
     ]
+    if api_key is not None:
+        guarded = f"{','.join(RESTRICTED_APIS)}:{API_KEY_HEADER}={api_key}"
+        command += [f"--http-restricted-api={guarded}", f"--grpc-restricted-protocol={guarded}"]
     with log:
         try:
             process = subprocess.Popen(
@@ -253,7 +324,7 @@ def start(
                 start_new_session=True,  # its own process group: stop() ends the stubs too
             )
         except OSError as exc:
-            raise TritonStartFailed(f"cannot run {installation.binary}: {exc}") from exc
+            raise TritonStartFailed(mask(f"cannot run {installation.binary}: {exc}", api_key)) from exc
     state = ServerState(
         pid=process.pid,
         repo=str(repo),
@@ -262,18 +333,20 @@ def start(
         metrics_port=ports.metrics,
         log_file=str(log_file),
         state_dir=str(state_dir),
+        host=host,
+        restricted=api_key is not None,
     )
     (state_dir / "state.json").write_text(json.dumps(asdict(state), indent=2))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             _forget(state_dir)
-            raise _start_failed(f"tritonserver exited with code {process.returncode} during start", log_file)
-        if _is_ready(ports.http):
+            raise _start_failed(f"tritonserver exited with code {process.returncode} during start", log_file, api_key)
+        if _is_ready(ports.http, host=host):
             return state
         time.sleep(0.2)
     _terminate(state)
-    raise _start_failed(f"tritonserver not ready after {timeout:.0f} s", log_file)
+    raise _start_failed(f"tritonserver not ready after {timeout:.0f} s", log_file, api_key)
 
 
 def _read_state(state_dir: Path) -> ServerState | None:
@@ -356,13 +429,23 @@ class LoadedVersion:
     reason: str
 
 
-def repository_index(http_url: str, timeout: float = 5.0) -> list[LoadedVersion]:
+def repository_index(http_url: str, timeout: float = 5.0, *, api_key: str | None = None) -> list[LoadedVersion]:
     """Triton's repository index: every model and version it knows, with its state."""
+    headers = {API_KEY_HEADER: api_key} if api_key else {}
     try:
-        response = requests.post(f"http://{http_url}/v2/repository/index", json={}, timeout=timeout)
+        response = requests.post(f"http://{http_url}/v2/repository/index", json={}, headers=headers, timeout=timeout)
+    except requests.RequestException as exc:
+        raise TritonUnreachable(mask(f"Triton at {http_url} did not answer: {exc}", api_key)) from exc
+    if response.status_code == 403 and "restricted" in response.text[:500].lower():  # "This API is restricted, ..."
+        raise TritonAccessDenied(
+            f"Triton at {http_url} refused the repository index: its repository API wants a key "
+            f"({'the key given is wrong' if api_key else 'none given'}; header {API_KEY_HEADER}): "
+            + mask(_error_text(response), api_key)
+        )
+    try:
         response.raise_for_status()
     except requests.RequestException as exc:
-        raise TritonUnreachable(f"Triton at {http_url} did not answer: {exc}") from exc
+        raise TritonUnreachable(mask(f"Triton at {http_url} did not answer: {exc}", api_key)) from exc
     try:
         return [
             LoadedVersion(
@@ -380,14 +463,24 @@ def repository_index(http_url: str, timeout: float = 5.0) -> list[LoadedVersion]
         ) from exc
 
 
-def status(*, http_port: int = 8000, state_dir: Path | None = None) -> tuple[ServerState | None, list[LoadedVersion]]:
+def _error_text(response: requests.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text))[:300]
+    except (ValueError, AttributeError):
+        return response.text[:300]
+
+
+def status(
+    *, http_port: int = 8000, state_dir: Path | None = None, api_key: str | None = None
+) -> tuple[ServerState | None, list[LoadedVersion]]:
     """The recorded server (if shepherd started it) and what Triton reports as loaded."""
     state_dir = Path(state_dir or default_state_dir(http_port))
     state = _read_state(state_dir)
     port = state.http_port if state else http_port
-    if not _is_ready(port):
-        raise TritonNotRunning(f"no Triton answers ready on 127.0.0.1:{port}")
-    return state, repository_index(f"127.0.0.1:{port}")
+    host = connect_host(state.host) if state else DEFAULT_HOST
+    if not _is_ready(port, host=host):
+        raise TritonNotRunning(f"no Triton answers ready on {host}:{port}")
+    return state, repository_index(f"{host}:{port}", api_key=api_key)
 
 
 class LocalTriton(contextlib.AbstractContextManager["LocalTriton"]):
@@ -396,6 +489,8 @@ class LocalTriton(contextlib.AbstractContextManager["LocalTriton"]):
     Example:
         with LocalTriton(repo) as triton:
             client = tritonclient.grpc.InferenceServerClient(triton.state.grpc_url)
+        with LocalTriton(repo, api_key=key) as triton:       # repository API needs the key
+            admin = TritonAdmin(triton.state.grpc_url, api_key=key)
     """
 
     def __init__(
@@ -406,12 +501,16 @@ class LocalTriton(contextlib.AbstractContextManager["LocalTriton"]):
         state_dir: Path | None = None,
         timeout: float = 120.0,
         extra_args: Sequence[str] = (),
+        host: str = DEFAULT_HOST,
+        api_key: str | None = None,
     ) -> None:
         self.repo = Path(repo)
         self.ports = ports or Ports(*free_ports(3))
         self.state_dir = state_dir
         self.timeout = timeout
         self.extra_args = extra_args
+        self.host = host
+        self._api_key = api_key  # private and out of repr: never printed
         self._state: ServerState | None = None
 
     @property
@@ -423,7 +522,13 @@ class LocalTriton(contextlib.AbstractContextManager["LocalTriton"]):
     def __enter__(self) -> LocalTriton:
         state_dir = self.state_dir or default_state_dir(self.ports.http)
         self._state = start(
-            self.repo, ports=self.ports, state_dir=state_dir, timeout=self.timeout, extra_args=self.extra_args
+            self.repo,
+            ports=self.ports,
+            state_dir=state_dir,
+            timeout=self.timeout,
+            extra_args=self.extra_args,
+            host=self.host,
+            api_key=self._api_key,
         )
         return self
 

@@ -55,7 +55,7 @@ def open_runtime(settings: Settings, *, now: Callable[[], datetime] = utc_now) -
     return Runtime(
         settings=settings,
         store=store,
-        admin=TritonAdmin(settings.triton_grpc),
+        admin=TritonAdmin(settings.triton_grpc, api_key=settings.triton_api_key),
         repo=repo,
         now=now,
     )

@@ -4,6 +4,12 @@ Precedence, highest first: command-line overrides > environment (SHEPHERD_REPO, 
 SHEPHERD_TRITON_METRICS, SHEPHERD_DB; SHEPHERD_CONFIG names the file) > shepherd.yaml > the embedded
 defaults below, so `shepherd tick` works on a fresh clone with no file at all.
 
+The key of Triton's restricted repository API (see `shepherd triton start --api-key-env`), highest
+first: the environment variable SHEPHERD_TRITON_API_KEY itself > `triton_api_key_env: NAME` in
+shepherd.yaml, naming the environment variable that holds it (an unset NAME is a ConfigError) >
+none (no header is sent). The key is never written in shepherd.yaml, never on the command line and
+never in Settings' repr.
+
 Why strict: a typo in a threshold (`max_error_rte: 0.5`) silently ignored would judge every rollout
 with the default; so an unknown key, a wrong type, a negative duration or a bad cron field is a
 ConfigError naming the file and the key, and nothing starts. Only `yaml.safe_load` is used.
@@ -15,7 +21,7 @@ import math
 import os
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,7 @@ DEFAULT_DB = "sqlite:///shepherd.db"
 DEFAULT_RECONCILE_INTERVAL = 5.0
 DEFAULT_CONFIG = Path("shepherd.yaml")
 CONFIG_ENV = "SHEPHERD_CONFIG"
+API_KEY_ENV = "SHEPHERD_TRITON_API_KEY"
 ENVIRONMENT = {
     "repo": "SHEPHERD_REPO",
     "triton_grpc": "SHEPHERD_TRITON_GRPC",
@@ -42,7 +49,7 @@ ENVIRONMENT = {
 }
 CONNECTION_KEYS = ("repo", "triton_grpc", "triton_metrics", "db_url")
 INTERVAL_KEYS = ("reconcile_interval_seconds", "probe_interval_seconds")
-TOP_LEVEL_KEYS = frozenset({*CONNECTION_KEYS, *INTERVAL_KEYS, "defaults", "models", "alerts"})
+TOP_LEVEL_KEYS = frozenset({*CONNECTION_KEYS, *INTERVAL_KEYS, "defaults", "models", "alerts", "triton_api_key_env"})
 WINDOW_KEYS = frozenset({"day_of_week", "hour", "timezone"})
 ALERT_KEYS = frozenset({"webhooks", "email", "retries", "backoff_seconds", "timeout_seconds", "deadline_seconds"})
 WEBHOOK_KEYS = frozenset({"url", "url_env", "format", "name"})
@@ -63,6 +70,7 @@ class Settings:
     defaults: Policy
     models: dict[str, Policy]
     source: Path | None = None  # the shepherd.yaml read, if any
+    triton_api_key: str | None = field(default=None, repr=False)  # a secret: never in repr
 
     def policy_for(self, model: str) -> Policy:
         """The model's own policy (its overrides on top of `defaults`), else the defaults."""
@@ -356,6 +364,13 @@ def load_settings(
         else:
             intervals[key] = _interval(value, "command line", key)
 
+    api_key = env.get(API_KEY_ENV) or None
+    if api_key is None and data.get("triton_api_key_env") is not None:
+        variable = _text(data["triton_api_key_env"], where, "triton_api_key_env")
+        if not env.get(variable):
+            raise _fail(where, "triton_api_key_env", f"environment variable {variable} is not set")
+        api_key = env[variable]
+
     return Settings(
         repo=connection["repo"],
         triton_grpc=connection["triton_grpc"],
@@ -367,4 +382,5 @@ def load_settings(
         defaults=defaults,
         models=models,
         source=file if file is not None and file.is_file() else None,
+        triton_api_key=api_key,
     )

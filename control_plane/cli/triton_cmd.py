@@ -1,7 +1,13 @@
-"""`shepherd triton start|stop|status`: the real local tritonserver for development and demos."""
+"""`shepherd triton start|stop|status`: the real local tritonserver for development and demos.
+
+The server binds 127.0.0.1 unless `--host` says otherwise. `--api-key-env NAME` restricts its
+model-repository API to requests carrying the key held in the environment variable NAME: the key
+itself never appears on shepherd's command line, in its output, in state.json or in an error.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +16,7 @@ import typer
 
 from control_plane import local_triton
 from control_plane.cli.output import console, print_json, print_table
+from control_plane.errors import ConfigError
 
 app = typer.Typer(
     help="Run the real tritonserver (from the nvidia-pytriton wheel) on this machine.", no_args_is_help=True
@@ -22,6 +29,24 @@ StateDir = Annotated[
     Path | None, typer.Option("--state-dir", help="Where the pid, log and backends live (default: per port).")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+ApiKeyEnv = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key-env",
+        metavar="NAME",
+        help="Environment variable holding the key of Triton's model-repository API (the key is never shown).",
+    ),
+]
+
+
+def key_from_env(name: str | None) -> str | None:
+    """The key held in the environment variable `name`; ConfigError when it is not set."""
+    if name is None:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"--api-key-env: environment variable {name} is not set")
+    return value
 
 
 @app.command()
@@ -33,6 +58,10 @@ def start(
     state_dir: StateDir = None,
     log_file: Annotated[Path | None, typer.Option("--log-file", help="Server log (default: in the state dir).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for ready.")] = 120.0,
+    host: Annotated[
+        str, typer.Option("--host", help="Address every port binds (0.0.0.0: all interfaces; mind the risk).")
+    ] = local_triton.DEFAULT_HOST,
+    api_key_env: ApiKeyEnv = None,
     as_json: Json = False,
 ) -> None:
     """Start tritonserver in explicit model-control mode and wait until it is ready."""
@@ -42,13 +71,16 @@ def start(
         state_dir=state_dir,
         log_file=log_file,
         timeout=timeout,
+        host=host,
+        api_key=key_from_env(api_key_env),
     )
     if as_json:
         print_json(asdict(state))
         return
     console.print(
-        f"tritonserver ready (pid {state.pid}): http {state.http_port}, grpc {state.grpc_port}, "
-        f"metrics {state.metrics_port}; repository {state.repo}; log {state.log_file}"
+        f"tritonserver ready (pid {state.pid}) on {state.host}: http {state.http_port}, grpc {state.grpc_port}, "
+        f"metrics {state.metrics_port}; repository API {'needs the key' if state.restricted else 'open'}; "
+        f"repository {state.repo}; log {state.log_file}"
     )
 
 
@@ -63,9 +95,11 @@ def stop(http_port: HttpPort = 8000, state_dir: StateDir = None, as_json: Json =
 
 
 @app.command()
-def status(http_port: HttpPort = 8000, state_dir: StateDir = None, as_json: Json = False) -> None:
+def status(
+    http_port: HttpPort = 8000, state_dir: StateDir = None, api_key_env: ApiKeyEnv = None, as_json: Json = False
+) -> None:
     """Say whether the server is ready and which models and versions it has loaded."""
-    state, index = local_triton.status(http_port=http_port, state_dir=state_dir)
+    state, index = local_triton.status(http_port=http_port, state_dir=state_dir, api_key=key_from_env(api_key_env))
     if as_json:
         print_json(
             {
@@ -75,7 +109,7 @@ def status(http_port: HttpPort = 8000, state_dir: StateDir = None, as_json: Json
             }
         )
         return
-    where = f"pid {state.pid}, repository {state.repo}" if state else "not started by shepherd"
+    where = f"pid {state.pid}, bound to {state.host}, repository {state.repo}" if state else "not started by shepherd"
     console.print(f"tritonserver ready on http port {http_port} ({where})")
     print_table(
         "Models",
