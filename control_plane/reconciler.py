@@ -32,7 +32,14 @@ from builders.errors import BuilderError
 from builders.repository import PREFLIGHT_SUFFIX
 from control_plane import golden as golden_sets
 from control_plane import integrity, observe, serving
-from control_plane.errors import BrokenGoldenSet, StoreError, TritonError, TritonLoadFailed, TritonUnreachable
+from control_plane.errors import (
+    BrokenGoldenSet,
+    StoreError,
+    TritonAccessDenied,
+    TritonError,
+    TritonLoadFailed,
+    TritonUnreachable,
+)
 from control_plane.events import enter
 from control_plane.judging import FAIL, PROMOTE, REJECT, ROLLBACK, WAIT, Verdict, decide_canary, decide_preflight
 from control_plane.report import TickReport
@@ -45,8 +52,8 @@ from shepherd_errors import ShepherdError
 
 __all__ = ["TickReport", "judge", "probe", "promote", "reconcile", "roll_back", "tick"]
 
-# Errors after which the rest of a pass cannot go on: Triton or the history is gone.
-FATAL = (TritonUnreachable, StoreError)
+# Errors after which the rest of a pass cannot go on: Triton or the history is gone, or refuses shepherd.
+FATAL = (TritonUnreachable, TritonAccessDenied, StoreError)
 T = TypeVar("T")
 
 
