@@ -30,6 +30,20 @@ from control_plane.triton_admin import TritonAdmin
 SETTINGS_FILE = ROOT / "shepherd.yaml"
 
 
+def runtime_for(config: Path, repo: ModelRepository, triton: LocalTriton, db_url: str) -> Runtime:
+    """A Runtime with `config`'s policies, pointed at `repo`, the local `triton` and `db_url`."""
+    settings = load_settings(
+        config,
+        overrides={
+            "repo": repo.root,
+            "triton_grpc": triton.state.grpc_url,
+            "triton_metrics": f"127.0.0.1:{triton.state.metrics_port}",
+            "db_url": db_url,
+        },
+    )
+    return open_runtime(settings)
+
+
 @contextmanager
 def control_plane(
     scratch: Path, *, db_url: str | None = None
@@ -38,16 +52,7 @@ def control_plane(
     repo = ModelRepository(scratch / "model_repository")
     repo.root.mkdir(parents=True)
     with LocalTriton(repo.root, state_dir=scratch / "triton-state") as triton:
-        settings = load_settings(
-            SETTINGS_FILE,
-            overrides={
-                "repo": repo.root,
-                "triton_grpc": triton.state.grpc_url,
-                "triton_metrics": f"127.0.0.1:{triton.state.metrics_port}",
-                "db_url": db_url or f"sqlite:///{scratch / 'history.db'}",
-            },
-        )
-        rt = open_runtime(settings)
+        rt = runtime_for(SETTINGS_FILE, repo, triton, db_url or f"sqlite:///{scratch / 'history.db'}")
         try:
             yield repo, triton, rt
         finally:

@@ -25,13 +25,12 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from bench.common import Spread, table, write_result
-from bench.control_plane_harness import SETTINGS_FILE
+from bench.control_plane_harness import SETTINGS_FILE, runtime_for
 from builders.repository import ModelRepository
 from control_plane import reconciler
 from control_plane.judging import PROMOTE, Verdict
 from control_plane.local_triton import LocalTriton, group_processes
-from control_plane.runtime import Runtime, open_runtime
-from control_plane.settings import load_settings
+from control_plane.runtime import Runtime
 from control_plane.store.models import State
 from control_plane.world import read_world
 from tests.classifier_models import publish
@@ -47,16 +46,7 @@ def available_mib() -> float:
 
 
 def runtime(repo: ModelRepository, triton: LocalTriton, db_url: str) -> Runtime:
-    settings = load_settings(
-        SETTINGS_FILE,
-        overrides={
-            "repo": repo.root,
-            "triton_grpc": triton.state.grpc_url,
-            "triton_metrics": f"127.0.0.1:{triton.state.metrics_port}",
-            "db_url": db_url,
-        },
-    )
-    return open_runtime(settings)
+    return runtime_for(SETTINGS_FILE, repo, triton, db_url)
 
 
 def seed(rt: Runtime, models: list[str]) -> float:

@@ -380,7 +380,8 @@ class ModelRepository:
                     self._undo(item)
                 if isinstance(exc, OSError):
                     model, number = current
-                    raise RepositoryError(f"could not publish {model} version {number}: {exc}") from exc
+                    which = f"version {number}" if number is not None else "its next version"
+                    raise RepositoryError(f"could not publish {model} {which}: {exc}") from exc
                 raise
         return tuple(
             PublishedVersion(model=item.entry.model, version=item.number, path=item.target, manifest=item.manifest)
