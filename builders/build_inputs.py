@@ -23,6 +23,8 @@ from builders.triton_config import BatchingOptions, InstanceOptions
 if TYPE_CHECKING:
     import torch
 
+    from builders.quantize import QuantizeOptions
+
 
 FORMATS = ("onnx", "tensorrt")
 TENSORRT_SUFFIX = "_trt"
@@ -76,6 +78,7 @@ class BuildOptions:
     seed: int = 0
     engine: tensorrt.EngineOptions = DEFAULT_ENGINE
     calibration_batches: int = 0  # >0: INT8 TensorRT calibrated on that many golden batches
+    quantize: QuantizeOptions | None = None  # a compressed ONNX version behind a quality gate (builders.quantize)
 
     def __post_init__(self) -> None:
         validate_model_name(self.name)
@@ -84,6 +87,10 @@ class BuildOptions:
             raise BadOption(f"formats {list(self.formats)} must be a non-empty subset of {list(FORMATS)}")
         if self.random_batches < 1:
             raise BadOption(f"random_batches must be >= 1, got {self.random_batches}")
+        if self.quantize is not None and self.fp16:
+            raise BadOption("--fp16 and --quantize both convert the ONNX model; use --quantize fp16 alone")
+        if self.quantize is not None and "onnx" not in self.formats:
+            raise BadOption("--quantize makes an ONNX model: add onnx to --formats")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +100,7 @@ class BuildOptions:
             "instances": self.instances.as_dict(),
             "optimize": self.optimize,
             "fp16": self.fp16,
+            "quantize": None if self.quantize is None else self.quantize.as_dict(),
             "random_batches": self.random_batches,
             "seed": self.seed,
         }

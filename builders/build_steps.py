@@ -150,11 +150,11 @@ def build_tensorrt(ctx: BuildContext, *, source: ModelSource, spec: ExportSpec, 
     return Done({"bytes": engine.stat().st_size, **options.engine.as_dict()}, {"engine": engine})
 
 
-def quality(ctx: BuildContext, *, source: ModelSource, spec: ExportSpec, served_onnx: Path) -> Done:
-    """Score the file that will be served on the golden set, run by onnxruntime as Triton runs it."""
+def measure_quality(source: ModelSource, spec: ExportSpec, path: Path) -> dict[str, Any]:
+    """The source's golden-set quality of the ONNX file `path`, run by onnxruntime as Triton runs it."""
     from builders import onnx_export  # imports torch: only when a build runs
 
-    session = onnx_export.onnx_session(served_onnx)
+    session = onnx_export.onnx_session(path)
     names = spec.output_names
     dtypes = {t.name: t.dtype for t in spec.inputs}
 
@@ -163,10 +163,15 @@ def quality(ctx: BuildContext, *, source: ModelSource, spec: ExportSpec, served_
         try:
             outputs = session.run(names, feeds)
         except Exception as exc:  # onnxruntime raises its own pybind types, all plain Exception subclasses
-            raise BuildFailed(f"onnxruntime failed on a golden batch of {served_onnx}: {exc}") from exc
+            raise BuildFailed(f"onnxruntime failed on a golden batch of {path}: {exc}") from exc
         return [np.asarray(out) for out in outputs]
 
-    measured = source.quality(run)
+    return source.quality(run)
+
+
+def quality(ctx: BuildContext, *, source: ModelSource, spec: ExportSpec, served_onnx: Path) -> Done:
+    """Score the file that will be served on the golden set, run by onnxruntime as Triton runs it."""
+    measured = measure_quality(source, spec, served_onnx)
     return Done(measured, {"quality": measured})
 
 
@@ -181,6 +186,7 @@ def publish(
     served_onnx: Path | None = None,
     engine: Path | None = None,
     entries: tuple[NewVersion, ...] = (),
+    quantization: dict[str, Any] | None = None,
 ) -> Done:
     """Publish every requested format, and the `entries` the model kind adds, as ONE unit.
 
@@ -215,6 +221,7 @@ def publish(
                 settings=model_settings,
                 verification=verification,
                 quality=quality,
+                extra={"quantization": quantization} if quantization is not None and fmt == "onnx" else {},
             ),
             model_files,
             config,
@@ -226,11 +233,17 @@ def publish(
 
 
 def publish_step(options: BuildOptions, *, entries: bool = False) -> Step:
-    """The `publish` step, needing the ONNX file and the engine only for the formats asked for, and
-    the model kind's `entries` (made by an earlier step) when `entries` is true."""
+    """The `publish` step, needing the ONNX file and the engine only for the formats asked for, the
+    model kind's `entries` (made by an earlier step) when `entries` is true, and the `quantization`
+    record (builders.quantize) when a quantized ONNX model is published."""
     names = options.model_names()
     files = (("served_onnx",) if "onnx" in names else ()) + (("engine",) if "tensorrt" in names else ())
-    needs = ("source", "spec", "tolerance", "verification", "quality", *files, *(("entries",) if entries else ()))
+    quantized = ("quantization",) if options.quantize is not None and "onnx" in names else ()
+    needs = (
+        *("source", "spec", "tolerance", "verification", "quality", *files),
+        *(("entries",) if entries else ()),
+        *quantized,
+    )
     return Step("publish", publish, needs=needs, makes=("published",))
 
 

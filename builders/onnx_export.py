@@ -286,6 +286,40 @@ def verify_onnx(
     )
 
 
+def compare_onnx(
+    reference: Path,
+    candidate: Path,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    spec: ExportSpec,
+    tolerance: Tolerance,
+    *,
+    label: str = "",
+) -> VerificationReport:
+    """Compare two ONNX graphs of one spec in onnxruntime (e.g. a quantized graph against its float
+    source), with the figures and pass/fail rules of `verify_onnx`; `reference` plays PyTorch's part."""
+    want_session, have_session = onnx_session(reference), onnx_session(candidate)
+    acc = {name: _Accumulator() for name in spec.output_names}
+    batch_count = rows = 0
+    for batch in batches:
+        batch_count += 1
+        feeds = {t.name: np.ascontiguousarray(batch[t.name]).astype(NUMPY_DTYPES[t.dtype]) for t in spec.inputs}
+        rows += next(iter(feeds.values())).shape[0]
+        where = f"batch {batch_count} of {label or candidate}"
+        try:
+            expected = want_session.run(spec.output_names, feeds)
+            got = have_session.run(spec.output_names, feeds)
+        except Exception as exc:  # onnxruntime's own pybind error types
+            raise VerificationFailed(f"onnxruntime raised on {where}: {type(exc).__name__}: {exc}") from exc
+        for name, want, have in zip(spec.output_names, expected, got, strict=True):
+            _accumulate(acc[name], np.asarray(want), np.asarray(have), tolerance)
+    if batch_count == 0:
+        raise VerificationFailed(f"no batches to compare {candidate} on ({label or 'unlabelled'})")
+    checks = tuple(_finish(name, acc[name], tolerance) for name in spec.output_names)
+    return VerificationReport(
+        checks=checks, batches=batch_count, rows=rows, passed=all(c.passed for c in checks), label=label
+    )
+
+
 def _both_outputs(
     module: torch.nn.Module, session: Any, feeds: dict[str, np.ndarray], spec: ExportSpec, where: str
 ) -> tuple[list[np.ndarray], list[Any]]:
@@ -349,8 +383,8 @@ def _finish(name: str, acc: _Accumulator, tolerance: Tolerance) -> OutputCheck:
     )
 
 
-def require_verified(report: VerificationReport) -> None:
-    """Raise VerificationFailed naming every failing output with its figures."""
+def require_verified(report: VerificationReport, *, subject: str = "ONNX export differs from PyTorch") -> None:
+    """Raise VerificationFailed naming every failing output with its figures (`subject` starts the message)."""
     failures = report.failures()
     if not failures:
         return
@@ -362,9 +396,7 @@ def require_verified(report: VerificationReport) -> None:
         + ")"
         for check in failures
     )
-    raise VerificationFailed(
-        f"ONNX export differs from PyTorch{where} ({report.batches} batches, {report.rows} rows): {details}"
-    )
+    raise VerificationFailed(f"{subject}{where} ({report.batches} batches, {report.rows} rows): {details}")
 
 
 def optimize_onnx(src: Path, dst: Path, *, fp16: bool = False) -> Path:

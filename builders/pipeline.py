@@ -1,6 +1,7 @@
 """A build as an explicit plan of small steps, each ending OK, FAIL or SKIPPED with its figures.
 
-    preflight -> load -> export -> verify_random -> verify_golden -> optimize (+ verify) -> tensorrt -> quality
+    preflight -> load -> export -> verify_random -> verify_golden -> optimize (+ verify) -> quantize (+ verify
+    against the float graph) -> tensorrt -> quality -> quality_gate
     [-> entries: what the model kind publishes with its own, e.g. a text model's tokenizer and ensemble] -> publish
 
 Why steps and not one function: a person reading a failed build must see which stage failed and
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builders import build_steps
+from builders import build_steps, quantize
 from builders.build_inputs import BuildContext, BuildOptions, ModelSource, Runner
 from builders.errors import BuilderError
 from builders.manifest import builder_version
@@ -106,6 +107,8 @@ def plan(
     tensorrt_asked = "tensorrt" in options.formats
     preflight, tensorrt = build_steps.PREFLIGHT, build_steps.TENSORRT
     optimize = build_steps.OPTIMIZE
+    not_asked = "--quantize not asked for"
+    quantized = options.quantize is not None
     return [
         preflight if tensorrt_asked else preflight.skipped("only ONNX asked for"),
         load,
@@ -113,8 +116,10 @@ def plan(
         build_steps.VERIFY_RANDOM,
         build_steps.VERIFY_GOLDEN,
         optimize if options.optimize or options.fp16 else optimize.skipped("neither --optimize nor --fp16 asked for"),
+        quantize.QUANTIZE if quantized else quantize.QUANTIZE.skipped(not_asked),
         tensorrt if tensorrt_asked else tensorrt.skipped("tensorrt not in --formats"),
         build_steps.QUALITY,
+        quantize.QUALITY_GATE if quantized else quantize.QUALITY_GATE.skipped(not_asked),
         *((entries,) if entries is not None else ()),
         build_steps.publish_step(options, entries=entries is not None and not entries.skip),
     ]

@@ -213,7 +213,8 @@ def test_a_wrong_export_fails_verification_and_publishes_nothing(
     assert isinstance(result.error, VerificationFailed) and result.exit_code == 41
     failed = next(step for step in result.steps if step.status is Status.FAIL)
     assert failed.name == "verify_random" and "click_probability" in failed.message and "max abs" in failed.message
-    assert [step.status for step in result.steps[result.steps.index(failed) + 1 :]] == [Status.SKIPPED] * 5
+    # verify_golden, optimize, quantize, tensorrt, quality, quality_gate, publish
+    assert [step.status for step in result.steps[result.steps.index(failed) + 1 :]] == [Status.SKIPPED] * 7
     assert not result.published and snapshot(repo.root) == before
     assert not (repo.root / "ctr_ranker").exists()
 
@@ -265,8 +266,10 @@ def test_the_plan_follows_the_options() -> None:
         "verify_random",
         "verify_golden",
         "optimize",
+        "quantize",
         "tensorrt",
         "quality",
+        "quality_gate",
         "publish",
     ]
     assert onnx_only["tensorrt"].skip and onnx_only["optimize"].skip and onnx_only["preflight"].skip

@@ -44,6 +44,15 @@ MaxSeq = Annotated[int, typer.Option("--max-seq", help="TensorRT profile: longes
 Calibration = Annotated[int, typer.Option("--int8-calibration-batches", help="TensorRT INT8 on N golden batches.")]
 TimingCache = Annotated[Path | None, typer.Option("--timing-cache", help="TensorRT timing cache file.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON results only (for scripts).")]
+Quantize = Annotated[
+    str | None,
+    typer.Option("--quantize", help="int8-dynamic, int8-static or fp16: a compressed ONNX behind a quality gate."),
+]
+CalibrationRows = Annotated[int, typer.Option("--calibration-rows", help="int8-static: golden rows to calibrate on.")]
+MaxQualityDrop = Annotated[
+    float, typer.Option("--max-quality-drop", help="--quantize: largest golden-metric drop allowed (absolute).")
+]
+KeepFloat = Annotated[str, typer.Option("--keep-float", help="--quantize: op types left in float, e.g. Gemm.")]
 
 
 def model_name(name: str | None, default: str) -> str:
@@ -78,8 +87,24 @@ def make_options(
     max_seq: int = 128,
     int8_calibration_batches: int = 0,
     timing_cache: Path | None = None,
+    quantize: str | None = None,
+    calibration_rows: int = 128,
+    max_quality_drop: float = 0.01,
+    keep_float: str = "",
 ) -> BuildOptions:
     """The command line's options as BuildOptions (bad values raise BadOption, exit code 2)."""
+    from builders.quantize import QuantizeOptions
+
+    quantized = (
+        QuantizeOptions(
+            quantize.strip().lower(),
+            calibration_rows=calibration_rows,
+            max_quality_drop=max_quality_drop,
+            keep_float=tuple(op.strip() for op in keep_float.split(",") if op.strip()),
+        )
+        if quantize
+        else None
+    )
     kind = instance_kind.upper()
     kind = kind if kind.startswith("KIND_") else f"KIND_{kind}"
     wanted = tuple(part.strip().lower() for part in formats.split(",") if part.strip())
@@ -104,6 +129,7 @@ def make_options(
             timing_cache=str(timing_cache) if timing_cache else None,
         ),
         calibration_batches=int8_calibration_batches,
+        quantize=quantized,
     )
 
 
@@ -137,10 +163,17 @@ def _short(figures: dict[str, Any]) -> str:
             for name, check in figures["outputs"].items()
         ]
         return f"{figures.get('rows')} rows; " + "; ".join(parts)
+    if "max_drop" in figures:
+        return (
+            f"{figures['metric']} {figures['quantized']:.4f} vs float {figures['float']:.4f} "
+            f"(drop {figures['drop']:.4f}, max {figures['max_drop']:g})"
+        )
     if "metric" in figures:
         return f"{figures['metric']} {figures['value']:.4f} on {figures.get('rows')} rows"
     if "versions" in figures:
         return ", ".join(f"{model} v{version}" for model, version in figures["versions"].items())
+    if "method" in figures and "float_bytes" in figures:
+        return f"{figures['method']}: {figures['bytes']} bytes (float {figures['float_bytes']})"
     if "bytes" in figures:
         return f"{figures['bytes']} bytes" + (" (fp16)" if figures.get("fp16") else "")
     if "factory" in figures:
@@ -226,6 +259,10 @@ def ranker(
     max_seq: MaxSeq = 128,
     int8_calibration_batches: Calibration = 0,
     timing_cache: TimingCache = None,
+    quantize: Quantize = None,
+    calibration_rows: CalibrationRows = 128,
+    max_quality_drop: MaxQualityDrop = 0.01,
+    keep_float: KeepFloat = "",
     as_json: Json = False,
 ) -> None:
     """A PyTorch CTR ranker (factory + state dict) -> a verified ONNX version of `--name` (default ctr_ranker)."""
@@ -261,6 +298,10 @@ _COMMON = (
     "max_seq",
     "int8_calibration_batches",
     "timing_cache",
+    "quantize",
+    "calibration_rows",
+    "max_quality_drop",
+    "keep_float",
 )
 
 
@@ -286,6 +327,10 @@ def _text_command(kind: str, default_name: str) -> Callable[..., None]:
         max_seq: MaxSeq = 128,
         int8_calibration_batches: Calibration = 0,
         timing_cache: TimingCache = None,
+        quantize: Quantize = None,
+        calibration_rows: CalibrationRows = 128,
+        max_quality_drop: MaxQualityDrop = 0.01,
+        keep_float: KeepFloat = "",
         as_json: Json = False,
     ) -> None:
         from builders import text_models
