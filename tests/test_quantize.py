@@ -182,19 +182,24 @@ def test_fp16_without_its_converter_names_the_missing_module(
 
 
 @pytest.mark.slow
-def test_int8_dynamic_minilm_keeps_recall(repo: ModelRepository) -> None:
+@pytest.mark.parametrize(
+    ("method", "expected_op", "min_cosine"),
+    [("int8-dynamic", "MatMulInteger", 0.95), ("int8-static", "QuantizeLinear", 0.90), ("fp16", "Cast", 0.999)],
+)
+def test_each_method_on_the_real_minilm_keeps_recall(
+    repo: ModelRepository, method: str, expected_op: str, min_cosine: float
+) -> None:
     from builders.text_models import build_embedder, minilm_dir
 
-    result = build_embedder(
-        repo, minilm_dir(), BuildOptions("product_embedder", quantize=QuantizeOptions("int8-dynamic"))
-    )
+    result = build_embedder(repo, minilm_dir(), BuildOptions("product_embedder", quantize=QuantizeOptions(method)))
     assert result.ok, result.error
     record = result.published[0].manifest.extra["quantization"]
+    assert record["method"] == method
     assert record["gate"]["metric"] == "recall@10" and record["gate"]["drop"] <= 0.01
-    assert record["bytes"] < record["float_bytes"] * 0.75  # the word-embedding Gather stays float
+    assert record["bytes"] < record["float_bytes"] * 0.75  # INT8: the word-embedding Gather stays float; FP16: half
     golden = result.published[0].manifest.verification["quantized_golden"]["outputs"]["embedding"]
-    assert golden["min_cosine"] >= 0.95
-    assert "MatMulInteger" in op_types(result.published[0].path / "model.onnx")
+    assert golden["min_cosine"] >= min_cosine
+    assert expected_op in op_types(result.published[0].path / "model.onnx")
 
 
 @pytest.mark.triton
