@@ -18,7 +18,7 @@ import io
 import logging
 import sys
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -269,20 +269,13 @@ def verify_onnx(
     """
     module.eval()
     session = onnx_session(onnx_path)
-    acc = {name: _Accumulator() for name in spec.output_names}
-    batch_count = rows = 0
-    for batch in batches:
-        batch_count += 1
-        feeds = {t.name: np.ascontiguousarray(batch[t.name]).astype(NUMPY_DTYPES[t.dtype]) for t in spec.inputs}
-        rows += next(iter(feeds.values())).shape[0]
-        expected, got = _both_outputs(module, session, feeds, spec, f"batch {batch_count} of {label or onnx_path}")
-        for name, want, have in zip(spec.output_names, expected, got, strict=True):
-            _accumulate(acc[name], np.asarray(want), np.asarray(have), tolerance)
-    if batch_count == 0:
-        raise VerificationFailed(f"no batches to verify {onnx_path} on ({label or 'unlabelled'})")
-    checks = tuple(_finish(name, acc[name], tolerance) for name in spec.output_names)
-    return VerificationReport(
-        checks=checks, batches=batch_count, rows=rows, passed=all(c.passed for c in checks), label=label
+    return _compare(
+        batches,
+        spec,
+        tolerance,
+        label=label,
+        subject=str(onnx_path),
+        outputs=lambda feeds, where: _both_outputs(module, session, feeds, spec, where),
     )
 
 
@@ -298,22 +291,37 @@ def compare_onnx(
     """Compare two ONNX graphs of one spec in onnxruntime (e.g. a quantized graph against its float
     source), with the figures and pass/fail rules of `verify_onnx`; `reference` plays PyTorch's part."""
     want_session, have_session = onnx_session(reference), onnx_session(candidate)
+
+    def outputs(feeds: dict[str, np.ndarray], where: str) -> tuple[list[Any], list[Any]]:
+        try:
+            return want_session.run(spec.output_names, feeds), have_session.run(spec.output_names, feeds)
+        except Exception as exc:  # onnxruntime's own pybind error types
+            raise VerificationFailed(f"onnxruntime raised on {where}: {type(exc).__name__}: {exc}") from exc
+
+    return _compare(batches, spec, tolerance, label=label, subject=str(candidate), outputs=outputs)
+
+
+def _compare(
+    batches: Iterable[Mapping[str, np.ndarray]],
+    spec: ExportSpec,
+    tolerance: Tolerance,
+    *,
+    label: str,
+    subject: str,
+    outputs: Callable[[dict[str, np.ndarray], str], tuple[Sequence[Any], Sequence[Any]]],
+) -> VerificationReport:
+    """The figures of every output over every batch: `outputs(feeds, where)` gives (expected, got)."""
     acc = {name: _Accumulator() for name in spec.output_names}
     batch_count = rows = 0
     for batch in batches:
         batch_count += 1
         feeds = {t.name: np.ascontiguousarray(batch[t.name]).astype(NUMPY_DTYPES[t.dtype]) for t in spec.inputs}
         rows += next(iter(feeds.values())).shape[0]
-        where = f"batch {batch_count} of {label or candidate}"
-        try:
-            expected = want_session.run(spec.output_names, feeds)
-            got = have_session.run(spec.output_names, feeds)
-        except Exception as exc:  # onnxruntime's own pybind error types
-            raise VerificationFailed(f"onnxruntime raised on {where}: {type(exc).__name__}: {exc}") from exc
+        expected, got = outputs(feeds, f"batch {batch_count} of {label or subject}")
         for name, want, have in zip(spec.output_names, expected, got, strict=True):
             _accumulate(acc[name], np.asarray(want), np.asarray(have), tolerance)
     if batch_count == 0:
-        raise VerificationFailed(f"no batches to compare {candidate} on ({label or 'unlabelled'})")
+        raise VerificationFailed(f"no batches to verify {subject} on ({label or 'unlabelled'})")
     checks = tuple(_finish(name, acc[name], tolerance) for name in spec.output_names)
     return VerificationReport(
         checks=checks, batches=batch_count, rows=rows, passed=all(c.passed for c in checks), label=label
