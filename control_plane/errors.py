@@ -16,7 +16,12 @@
     │   └── InvalidTransition       a lifecycle move the rules do not allow
     ├── EvidenceError               impossible probe figures handed to the judge
     │   └── BrokenGoldenSet         a version's golden set cannot be read (or is too large)
-    └── AlertError                  a malformed alert event (delivery failures are never raised)
+    ├── AlertError                  a malformed alert event (delivery failures are never raised)
+    └── FleetError                  the fleet of Triton replicas
+        ├── FleetUnresolved         the fleet's DNS name resolved to nothing, or the lookup failed
+        ├── FleetToolMissing        HAProxy or Prometheus (the local fleet's parts) is not installed
+        ├── FleetStartFailed        a part of the local fleet died or never became ready
+        └── FleetNotRunning         `fleet status` / `fleet down` found no local fleet
 
 Every error carries the process exit code the CLI returns for it, so scripts can tell causes apart.
 """
@@ -109,3 +114,33 @@ class AlertError(ControlPlaneError):
     """An alert was built wrong (unknown event, severity or webhook format); sending one never raises."""
 
     exit_code = 26
+
+
+class FleetError(ControlPlaneError):
+    """Something about the fleet of Triton replicas as a whole (one replica's fault is a TritonError)."""
+
+    exit_code = 60
+
+
+class FleetUnresolved(FleetError):
+    """The fleet's DNS name has no A/AAAA record, or the DNS server did not answer."""
+
+    exit_code = 61
+
+
+class FleetToolMissing(FleetError):
+    """HAProxy or Prometheus, which `shepherd fleet up` runs, is not installed (see the README)."""
+
+    exit_code = 62
+
+
+class FleetStartFailed(FleetError):
+    """A process of the local fleet died during start or never became ready."""
+
+    exit_code = 63
+
+
+class FleetNotRunning(FleetError):
+    """`shepherd fleet status` or `fleet down` found no local fleet at the state file."""
+
+    exit_code = 64
