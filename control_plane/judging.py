@@ -47,6 +47,7 @@ class Evidence:
     quality: float | None
     agreement: float | None = None
     server_p95_ms: float | None = None
+    missing: tuple[str, ...] = ()  # replicas whose live figures could not be read in the latest window
 
     def __post_init__(self) -> None:
         where = f"evidence of version {self.version}"
@@ -315,6 +316,18 @@ def _messages(checks: Sequence[Check], status: str) -> str:
     return "; ".join(c.message for c in checks if c.status == status)
 
 
+def live_metrics_check(candidate: Evidence, stable: Evidence) -> Check:
+    """Live figures that could not be read are missing evidence, never a pass: a canary whose errors
+    on real traffic cannot be counted must not be promoted on its probes alone."""
+    missing = {"candidate": list(candidate.missing), "stable": list(stable.missing)}
+    if candidate.missing or stable.missing:
+        names = ", ".join(sorted({*candidate.missing, *stable.missing}))
+        return Check(
+            "live metrics", INSUFFICIENT, missing, f"no live figures from replica(s) {names} in the last window"
+        )
+    return Check("live metrics", PASS, missing, "live figures read from every replica of both sides")
+
+
 def decide_canary(
     candidate: Evidence, stable: Evidence, policy: Policy, *, baked_seconds: float, now: datetime
 ) -> Verdict:
@@ -328,6 +341,7 @@ def decide_canary(
     checks = tuple(
         c
         for c in (
+            live_metrics_check(candidate, stable),
             latency_check(candidate, stable, policy),
             latency_ceiling_check(candidate, policy),
             error_check(candidate, stable, policy),

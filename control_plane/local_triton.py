@@ -278,7 +278,9 @@ def start(
     repo = Path(repo).resolve()
     if not repo.is_dir():
         raise RepositoryMissing(f"model repository not found: {repo}")
-    busy = [p for p in ports.as_tuple() if not port_is_free(p)]
+    # Replicas on other loopback addresses (a DNS fleet in the tests) share port numbers: check that address.
+    check_on = "0.0.0.0" if host == DEFAULT_HOST else host
+    busy = [p for p in ports.as_tuple() if not port_is_free(p, check_on)]
     if busy:
         raise PortInUse(f"port(s) already in use: {', '.join(map(str, busy))}")
     installation = find_installation()

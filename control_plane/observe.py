@@ -13,20 +13,22 @@ as well as the probes), else from the probes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from control_plane import golden as golden_sets
+from control_plane.errors import TritonUnreachable
+from control_plane.fleet import Replica
 from control_plane.judging import Evidence
+from control_plane.live_metrics import LiveMetrics, LiveWindow
 from control_plane.policy import Policy
 from control_plane.runtime import Runtime
-from control_plane.store.records import ProbeWindowRecord, VersionRecord
-from probes.errors import ProbeError
-from probes.golden import ProbeRun, send_paired_probes, send_probe
-from probes.metrics import HostStats, Snapshot, WindowStats, scrape, window
+from control_plane.store.records import ProbeWindowRecord, RolloutStepRecord, VersionRecord
+from probes.golden import ProbeRun, merged, send_interleaved, send_probe
+from probes.metrics import HostStats, WindowStats, combined
 from shepherd_errors import ShepherdError
 
 
@@ -40,20 +42,22 @@ class Observed:
 
 # -- probing ------------------------------------------------------------------------------------
 def observe_preflight(
-    rt: Runtime, *, alias: str, record: VersionRecord, golden: golden_sets.Golden, policy: Policy
+    rt: Runtime, *, alias: str, record: VersionRecord, golden: golden_sets.Golden, policy: Policy, replica: Replica
 ) -> Observed:
-    """Probe a version loaded under its preflight alias and store one `preflight` window.
+    """Probe a version loaded under its preflight alias on one replica and store one `preflight` window.
 
     The whole golden set once (its quality), then slices until `preflight_requests`
     requests were sent, at most `preflight_rounds` slices.
     """
     started = rt.now()
-    first = _probe_one(rt, alias, record.version, golden_sets.quality_inputs(golden), policy)
+    first = _probe_one(replica.grpc, alias, record.version, golden_sets.quality_inputs(golden), policy)
     latencies, requests, errors = list(first.latencies_ms), first.requests, first.errors
     for round_number in range(policy.preflight_rounds):
         if requests >= policy.preflight_requests:
             break
-        extra = _probe_one(rt, alias, record.version, golden_sets.rows(golden, round_number, policy.probe_rows), policy)
+        extra = _probe_one(
+            replica.grpc, alias, record.version, golden_sets.rows(golden, round_number, policy.probe_rows), policy
+        )
         latencies.extend(extra.latencies_ms)
         requests += extra.requests
         errors += extra.errors
@@ -70,100 +74,197 @@ def observe_preflight(
             "requests": requests,
             "errors": errors,
             "samples": latencies,
+            "raw": {"replica": replica.name},
         },
     )
     return Observed()
 
 
-def observe_canary(
+@dataclass(frozen=True)
+class Sides:
+    """Which replicas a window probes each version on, and which of them could not be reached."""
+
+    candidate: tuple[Replica, ...]
+    stable: tuple[Replica, ...]
+    unreachable: tuple[str, ...] = ()
+
+
+def sides(step: RolloutStepRecord, replicas: dict[str, Replica]) -> Sides:
+    """Canary: the candidate on the canary replicas, stable on the baseline replicas. Bluegreen:
+    both on every replica taking traffic (stable's figures there only give agreement)."""
+    if step.strategy == "canary":
+        cand, base = step.replicas("canary"), step.replicas("baseline")
+    else:
+        cand = base = tuple(sorted(set(step.replicas("bluegreen")) | set(step.replicas("stable"))))
+    wanted = set(cand) | set(base)
+    return Sides(
+        candidate=tuple(replicas[n] for n in cand if n in replicas),
+        stable=tuple(replicas[n] for n in base if n in replicas),
+        unreachable=tuple(sorted(n for n in wanted if n not in replicas)),
+    )
+
+
+def observe_step(
     rt: Runtime,
     *,
     candidate: VersionRecord,
     stable: VersionRecord,
     rollout_id: int,
+    step: RolloutStepRecord,
     golden: golden_sets.Golden,
     policy: Policy,
+    replicas: dict[str, Replica],
+    live: LiveMetrics,
 ) -> Observed:
-    """Probe candidate and stable side by side with the same golden inputs; store one window each.
+    """One window of a rollout step: golden probes sent to both sides over the same seconds, and
+    the live figures of each side since the step's previous window; one window stored per version.
 
-    Triton's counters are read from where this rollout's previous window ended, so a window covers
-    all client traffic since then, not only the probes' own fraction of a second. Until both
-    versions' quality was measured, a window sends the quality rows (the same inputs for both);
-    later ones rotate through slices of the golden set, for latency and agreement samples.
+    Until both versions' quality was measured in this step, a window sends the quality rows (the
+    same inputs to both); later ones rotate through slices of the golden set.
     """
     model = candidate.model
-    errors: list[ShepherdError] = []
-    started = rt.now()
-    before = rt.snapshots.get((model, rollout_id))
-    if before is not None:
-        started = datetime.fromtimestamp(before.taken_at, UTC)
-    else:
-        before = _scrape(rt, policy, errors)
-    seen = rt.store.read.probe_windows(model, candidate.version, role="candidate", rollout_id=rollout_id)
+    where = sides(step, replicas)
+    errors: list[ShepherdError] = [
+        TritonUnreachable(f"replica {name} ({step.role_of(name)} in step {step.step} of {model}) is unreachable")
+        for name in where.unreachable
+    ]
+    if not where.candidate or not where.stable:
+        return Observed(errors=tuple(errors))
+    seen = rt.store.read.probe_windows(
+        model, candidate.version, role="candidate", rollout_id=rollout_id, step=step.step
+    )
     measured = any(w.quality is not None for w in seen)
     inputs = golden_sets.rows(golden, len(seen), policy.probe_rows) if measured else golden_sets.quality_inputs(golden)
-    runs = send_paired_probes(
-        rt.grpc_url,
-        model,
-        [candidate.version, stable.version],
-        inputs,
-        batch_size=policy.probe_batch_size,
-        timeout_s=policy.probe_timeout_seconds,
+    since = seen[-1].ended_at if seen else step.started_at
+    targets = [(r.grpc, candidate.version) for r in where.candidate] + [(r.grpc, stable.version) for r in where.stable]
+    runs = send_interleaved(
+        targets, model, inputs, batch_size=policy.probe_batch_size, timeout_s=policy.probe_timeout_seconds
     )
-    server: dict[tuple[str, str], WindowStats] = {}
-    after = _scrape(rt, policy, errors) if before is not None else None
-    if before is not None and after is not None:
-        try:
-            server = window(before, after)
-            rt.snapshots[(model, rollout_id)] = after
-        except ProbeError as exc:
-            errors.append(exc)
-    cand_run, stable_run = runs[str(candidate.version)], runs[str(stable.version)]
-    cand_q = golden_sets.score(golden, cand_run.outputs) if not measured and cand_run.outputs is not None else {}
-    stable_q = golden_sets.score(golden, stable_run.outputs) if not measured and stable_run.outputs is not None else {}
+    involved = list({r.name: r for r in (*where.candidate, *where.stable)}.values())
+    window = live.window(model, involved, since)
+    errors.extend(window.errors)
+    cand_run = merged([runs[(r.grpc, str(candidate.version))] for r in where.candidate])
+    stable_run = merged([runs[(r.grpc, str(stable.version))] for r in where.stable])
     agree = None
     if cand_run.outputs is not None and stable_run.outputs is not None:
         agree = golden_sets.agreement(golden, cand_run.outputs, stable_run.outputs)
-    ended = rt.now()
-    for record, run, quality, role in (
-        (candidate, cand_run, cand_q, "candidate"),
-        (stable, stable_run, stable_q, "stable"),
+    for record, run, on, role in (
+        (candidate, cand_run, where.candidate, "candidate"),
+        (stable, stable_run, where.stable, "stable"),
     ):
-        rt.store.evidence.add_probe_window(
-            model,
-            record.version,
+        quality = golden_sets.score(golden, run.outputs) if not measured and run.outputs is not None else {}
+        _store_window(
+            rt,
+            record,
             role=role,
             rollout_id=rollout_id,
-            started_at=started,
-            ended_at=ended,
-            figures=probe_figures(
-                run,
-                quality=quality.get("value"),
-                agreement=agree if role == "candidate" else None,
-                server=server.get((model, str(record.version))),
-                host=after.host if after is not None else None,
-            ),
+            step=step.step,
+            run=run,
+            quality=quality.get("value"),
+            agreement=agree if role == "candidate" else None,
+            window=window,
+            on=on,
         )
     return Observed(agreement=agree, errors=tuple(errors))
 
 
-def _probe_one(rt: Runtime, model: str, version: int, inputs: dict[str, Any], policy: Policy) -> ProbeRun:
+def observe_baseline(
+    rt: Runtime,
+    *,
+    stable: VersionRecord,
+    rollout_id: int,
+    step: RolloutStepRecord,
+    golden: golden_sets.Golden,
+    policy: Policy,
+    replicas: dict[str, Replica],
+    live: LiveMetrics,
+    since: datetime,
+) -> Observed:
+    """Bluegreen's step 0, just before the cut-over: stable under all live traffic, for the candidate
+    to be compared with. Its live figures since `since` (the preflight's start) and one probe of
+    the quality rows on every replica are stored as the step's stable window."""
+    on = tuple(replicas[n] for n in step.roles if n in replicas)
+    if not on:
+        return Observed(errors=(TritonUnreachable(f"no replica of {stable.model}'s fleet is reachable"),))
+    # The quality rows once, then slices until p95_min_samples requests: this window is all the
+    # judge will have of stable, so it gets as many samples as a p95 comparison needs.
+    runs = list(_send_to(on, stable, golden_sets.quality_inputs(golden), policy).values())
+    outputs_run = merged(runs)
+    for round_number in range(policy.preflight_rounds):
+        if sum(r.requests for r in runs) >= policy.p95_min_samples:
+            break
+        runs.extend(_send_to(on, stable, golden_sets.rows(golden, round_number, policy.probe_rows), policy).values())
+    window = live.window(stable.model, list(on), since)
+    run = replace(merged(runs), outputs=outputs_run.outputs)
+    quality = golden_sets.score(golden, run.outputs) if run.outputs is not None else {}
+    _store_window(
+        rt,
+        stable,
+        role="stable",
+        rollout_id=rollout_id,
+        step=step.step,
+        run=run,
+        quality=quality.get("value"),
+        agreement=None,
+        window=window,
+        on=on,
+    )
+    return Observed(errors=window.errors)
+
+
+def _send_to(
+    on: tuple[Replica, ...], record: VersionRecord, inputs: dict[str, Any], policy: Policy
+) -> dict[tuple[str, str], ProbeRun]:
+    return send_interleaved(
+        [(r.grpc, record.version) for r in on],
+        record.model,
+        inputs,
+        batch_size=policy.probe_batch_size,
+        timeout_s=policy.probe_timeout_seconds,
+    )
+
+
+def _store_window(
+    rt: Runtime,
+    record: VersionRecord,
+    *,
+    role: str,
+    rollout_id: int,
+    step: int,
+    run: ProbeRun,
+    quality: float | None,
+    agreement: float | None,
+    window: LiveWindow,
+    on: tuple[Replica, ...],
+) -> None:
+    """One version's window: its probes, and its live figures summed over `on` (missing if any replica's are)."""
+    missing = sorted(r.name for r in on if r.name in window.missing)
+    per_replica = {r.name: window.of(r.name, record.version) for r in on}
+    server = None if missing else combined([s for s in per_replica.values() if s is not None])
+    figures = probe_figures(run, quality=quality, agreement=agreement, server=server)
+    figures["step"] = step
+    figures["raw"]["replicas"] = {name: (s.as_dict() if s is not None else None) for name, s in per_replica.items()}
+    figures["raw"]["live_missing"] = missing
+    rt.store.evidence.add_probe_window(
+        record.model,
+        record.version,
+        role=role,
+        rollout_id=rollout_id,
+        started_at=window.started_at,
+        ended_at=max(window.ended_at, window.started_at),
+        figures=figures,
+    )
+
+
+def _probe_one(grpc: str, model: str, version: int, inputs: dict[str, Any], policy: Policy) -> ProbeRun:
     return send_probe(
-        rt.grpc_url,
+        grpc,
         model,
         version,
         inputs,
         batch_size=policy.probe_batch_size,
         timeout_s=policy.probe_timeout_seconds,
     )
-
-
-def _scrape(rt: Runtime, policy: Policy, errors: list[ShepherdError]) -> Snapshot | None:
-    try:
-        return scrape(rt.metrics_url, timeout=policy.metrics_timeout_seconds)
-    except ProbeError as exc:
-        errors.append(exc)
-        return None
 
 
 # -- stored figures -----------------------------------------------------------------------------
@@ -258,6 +359,7 @@ def evidence_from_windows(version: int, windows: list[ProbeWindowRecord]) -> Evi
         else:
             requests += probe_requests
             errors += probe_errors
+    last_missing = windows[-1].raw.get("live_missing") if windows and isinstance(windows[-1].raw, dict) else None
     return Evidence(
         version=version,
         latencies_ms=tuple(samples),
@@ -266,6 +368,7 @@ def evidence_from_windows(version: int, windows: list[ProbeWindowRecord]) -> Evi
         quality=float(np.mean(qualities)) if qualities else None,
         agreement=float(np.mean(agreements)) if agreements else None,
         server_p95_ms=server_p95[-1] if server_p95 else None,
+        missing=tuple(str(name) for name in last_missing) if isinstance(last_missing, list) else (),
     )
 
 
@@ -282,8 +385,16 @@ def preflight_evidence(rt: Runtime, record: VersionRecord) -> Evidence:
     )
 
 
-def canary_evidence(rt: Runtime, model: str, candidate: int, stable: int, rollout_id: int) -> tuple[Evidence, Evidence]:
-    """Everything the probes saw of candidate and stable since this rollout began."""
-    cand = rt.store.read.probe_windows(model, candidate, role="candidate", rollout_id=rollout_id)
-    base = rt.store.read.probe_windows(model, stable, role="stable", rollout_id=rollout_id)
+def canary_evidence(
+    rt: Runtime, model: str, candidate: int, stable: int, rollout_id: int, step: RolloutStepRecord
+) -> tuple[Evidence, Evidence]:
+    """Everything both sides showed in the rollout's current step.
+
+    Canary: the candidate on its canary replicas against stable on the baseline replicas, in the
+    same step (same seconds, equal traffic). Bluegreen: the candidate after the cut-over against
+    stable's window of step 0, taken under all live traffic just before it.
+    """
+    cand = rt.store.read.probe_windows(model, candidate, role="candidate", rollout_id=rollout_id, step=step.step)
+    base_step = 0 if step.strategy == "bluegreen" else step.step
+    base = rt.store.read.probe_windows(model, stable, role="stable", rollout_id=rollout_id, step=base_step)
     return evidence_from_windows(candidate, cand), evidence_from_windows(stable, base)

@@ -108,6 +108,15 @@ class Policy:
     probe_timeout_seconds: float = 10.0
     metrics_timeout_seconds: float = 5.0
     unload_wait_seconds: float = 30.0
+    # How a candidate meets client traffic on a fleet (docs/fleet.md): "canary" loads it on a few
+    # replicas beside as many freshly reloaded baseline replicas, step by step; "bluegreen" gives
+    # it all traffic at once, judged against stable's live figures from just before the cut-over;
+    # "auto" is canary on 3 or more reachable replicas, else bluegreen.
+    strategy: str = "auto"
+    # Canary steps: replica counts (2) or shares of the fleet ("50%"); each is capped at half of
+    # the fleet (as many baseline replicas are needed) and judged for bake_seconds. After the last
+    # passing step the candidate goes to every replica.
+    canary_steps: tuple[int | str, ...] = (1, "50%")
 
     def __post_init__(self) -> None:
         for name in ("bake_seconds", "drain_seconds", "max_latency_increase", "max_quality_drop"):
@@ -149,6 +158,12 @@ class Policy:
             raise ConfigError(f"min_agreement must be in [0, 1], got {self.min_agreement!r}")
         if self.quality_floor is not None and not math.isfinite(self.quality_floor):
             raise ConfigError(f"quality_floor must be a finite number, got {self.quality_floor!r}")
+        if self.strategy not in STRATEGY_NAMES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGY_NAMES)}, got {self.strategy!r}")
+        if not self.canary_steps:
+            raise ConfigError("canary_steps must name at least one step")
+        for step in self.canary_steps:
+            step_size(step, 100)  # raises ConfigError for anything but a count >= 1 or a share "1%".."100%"
         for window in self.promotion_windows:
             if not isinstance(window, PromotionWindow):
                 raise ConfigError(f"promotion_windows must hold PromotionWindow objects, got {window!r}")
@@ -166,7 +181,39 @@ class Policy:
         """JSON-ready, stored next to every decision."""
         data = asdict(self)
         data["promotion_windows"] = [w.as_dict() for w in self.promotion_windows]
+        data["canary_steps"] = list(self.canary_steps)
         return data
+
+    def canary_sizes(self, fleet_size: int) -> list[int]:
+        """The number of canary replicas of each step on a fleet of `fleet_size`: capped at half, no repeats."""
+        cap = fleet_size // 2
+        sizes: list[int] = []
+        for step in self.canary_steps:
+            size = min(max(1, step_size(step, fleet_size)), cap)
+            if size >= 1 and (not sizes or size > sizes[-1]):
+                sizes.append(size)
+        return sizes
+
+
+STRATEGY_NAMES = ("auto", "canary", "bluegreen")
+
+
+def step_size(step: int | str, fleet_size: int) -> int:
+    """Replicas of one canary step: a count as given, a share "N%" of the fleet rounded up."""
+    if isinstance(step, bool):
+        raise ConfigError(f"canary_steps: {step!r} is neither a replica count nor a share like '50%'")
+    if isinstance(step, int):
+        if step < 1:
+            raise ConfigError(f"canary_steps: a replica count must be >= 1, got {step}")
+        return step
+    if isinstance(step, str) and step.endswith("%"):
+        try:
+            share = float(step[:-1])
+        except ValueError:
+            share = math.nan
+        if math.isfinite(share) and 0 < share <= 100:
+            return math.ceil(share / 100 * fleet_size)
+    raise ConfigError(f"canary_steps: {step!r} is neither a replica count nor a share like '50%'")
 
 
 POLICY_FIELDS = frozenset(f.name for f in fields(Policy))

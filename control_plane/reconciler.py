@@ -24,9 +24,12 @@ preflight alone. Supporting models (tokenizers, ensembles) are loaded once their
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TypeVar
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, TypeVar
 
 from builders.errors import BuilderError
 from builders.repository import PREFLIGHT_SUFFIX
@@ -41,13 +44,25 @@ from control_plane.errors import (
     TritonUnreachable,
 )
 from control_plane.events import enter
+from control_plane.fleet import Replica
 from control_plane.judging import FAIL, PROMOTE, REJECT, ROLLBACK, WAIT, Verdict, decide_canary, decide_preflight
+from control_plane.live_metrics import LiveMetrics
+from control_plane.live_metrics import live_metrics as make_live_metrics
+from control_plane.policy import Policy
 from control_plane.report import TickReport
 from control_plane.runtime import Runtime
 from control_plane.store.lifecycle import SYSTEM_ACTOR
 from control_plane.store.models import State
-from control_plane.store.records import Decision, RolloutRecord, StoreSnapshot, VersionRecord
-from control_plane.world import World, desired_versions, manifest_dict, read_world, refreshed
+from control_plane.store.records import Decision, RolloutRecord, RolloutStepRecord, StoreSnapshot, VersionRecord
+from control_plane.world import (
+    ReplicaView,
+    World,
+    desired_versions,
+    manifest_dict,
+    read_indexes,
+    read_world,
+    refreshed,
+)
 from shepherd_errors import ShepherdError
 
 __all__ = ["TickReport", "judge", "probe", "promote", "reconcile", "roll_back", "tick"]
@@ -55,6 +70,7 @@ __all__ = ["TickReport", "judge", "probe", "promote", "reconcile", "roll_back", 
 # Errors after which the rest of a pass cannot go on: Triton or the history is gone, or refuses shepherd.
 FATAL = (TritonUnreachable, TritonAccessDenied, StoreError)
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 # -- one pass -------------------------------------------------------------------------------------
@@ -76,7 +92,12 @@ def reconcile(rt: Runtime, report: TickReport | None = None) -> TickReport:
     with rt.lock:
         try:
             world = read_world(rt)
-        except ShepherdError as exc:  # no Triton, no history or no repository: nothing to reconcile
+        except ShepherdError as exc:  # no Triton, no history, no fleet or no repository: nothing to reconcile
+            report.fail(exc)
+            return report
+        try:
+            record_fleet_health(rt, report, world)
+        except StoreError as exc:
             report.fail(exc)
             return report
         sweep_preflight_aliases(rt, report, world)
@@ -129,53 +150,127 @@ def discover(rt: Runtime, report: TickReport, world: World, model: str) -> bool:
     return found
 
 
+# -- the fleet ------------------------------------------------------------------------------------
+def record_fleet_health(rt: Runtime, report: TickReport, world: World) -> None:
+    """Report every unreachable replica; write a replica's health to the history when it changed."""
+    changes = []
+    for view in world.replicas:
+        if view.error is not None:
+            report.fail(view.error)
+        known = world.store.replicas.get(view.name)
+        if known is None or known.reachable != view.reachable or known.grpc != view.replica.grpc:
+            changes.append(
+                (view.name, view.replica.grpc, view.replica.metrics, view.reachable, str(view.error or "") or None)
+            )
+            if known is not None:
+                report.add("replica " + ("back" if view.reachable else "down"), view.name, None)
+    rt.store.fleet.record_health(changes)
+
+
+def parallel(items: Sequence[T], step: Callable[[T], R]) -> list[R]:
+    """`step` over `items` at once (one thread each, at most 8): replicas are converged side by side."""
+    if len(items) <= 1:
+        return [step(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
+        return list(pool.map(step, items))
+
+
+def fleet_now(rt: Runtime) -> tuple[ReplicaView, ...]:
+    """The fleet's replicas with a fresh index each (after a state change)."""
+    return read_indexes(rt, rt.settings.fleet.resolve())
+
+
 # -- serving --------------------------------------------------------------------------------------
 def serve_model(rt: Runtime, report: TickReport, world: World, model: str) -> World:
-    """Converge Triton to the model's desired versions; a candidate Triton cannot load is failed, then retried."""
+    """Converge every reachable replica to the model's desired versions there; a candidate a replica
+    cannot load is failed (it fails only that step: stable keeps serving everywhere), then retried."""
     for _ in range(len(world.store.versions_of(model)) + 1):
-        served = converge(rt, report, world.store, world.ready(model), model, wait=True)
-        if served.refused is None:
-            return refreshed(rt, world) if served.changed else world
-        culprit = failed_candidate(world.store, model, served)
+        served = converge_fleet(rt, report, world.store, world.reachable, model, wait=True)
+        refused = [s for s in served if s.refused is not None]
+        if not refused:
+            return refreshed(rt, world) if any(s.changed for s in served) else world
+        culprit = next((c for c in (failed_candidate(world.store, model, s) for s in refused) if c is not None), None)
         if culprit is None:
-            report.fail(served.refused)
+            for s in refused:
+                report.fail(s.refused)  # type: ignore[arg-type]
             return world
-        fail(rt, report, model, culprit, served.refused)
+        fail(rt, report, model, culprit, refused[0].refused)  # type: ignore[arg-type]
         world = refreshed(rt, world)
     return world
 
 
+def converge_fleet(
+    rt: Runtime,
+    report: TickReport,
+    store: StoreSnapshot,
+    views: Sequence[ReplicaView],
+    model: str,
+    *,
+    wait: bool,
+    reload: Iterable[str] = (),
+) -> list[serving.Served]:
+    """Converge `model` on every replica in `views` at once; those named in `reload` load stable afresh."""
+    fresh = set(reload)
+
+    def one(view: ReplicaView) -> serving.Served:
+        try:
+            return converge(rt, report, store, view, model, wait=wait, reload=view.name in fresh)
+        except TritonUnreachable as exc:  # it went away mid-pass: reported; the others go on
+            report.fail(exc)
+            return serving.Served(model, frozenset(), frozenset())
+
+    return parallel(list(views), one)
+
+
 def converge(
-    rt: Runtime, report: TickReport, store: StoreSnapshot, ready: set[int], model: str, *, wait: bool
+    rt: Runtime,
+    report: TickReport,
+    store: StoreSnapshot,
+    view: ReplicaView,
+    model: str,
+    *,
+    wait: bool,
+    reload: bool = False,
 ) -> serving.Served:
-    """One converge of `model` to what `store` wants, reported; released versions are awaited when `wait`."""
+    """One converge of `model` on one replica to what `store` wants there, reported."""
     policy = rt.settings.policy_for(model)
     served = serving.converge(
-        rt.admin,
+        rt.admin_for(view.replica),
         model,
-        desired_versions(store, model, rt.settings, rt.now()),
-        live=ready,
+        desired_versions(store, model, rt.settings, rt.now(), view.name),
+        live=view.ready(model),
         config=lambda: rt.repo.read_config(model),
         wait_s=policy.unload_wait_seconds if wait else None,
+        reload=reload,
     )
     if served.changed:
-        action = "loaded" if served.wanted else "unloaded"
+        action = (
+            "reloaded" if reload and served.wanted == served.before else ("loaded" if served.wanted else "unloaded")
+        )
         report.add(
-            action, model, None, versions=sorted(served.wanted or served.before), seconds=round(served.seconds, 3)
+            action,
+            model,
+            None,
+            replica=view.name,
+            versions=sorted(served.wanted or served.before),
+            seconds=round(served.seconds, 3),
         )
     if served.lingering:
         report.fail(
             TritonError(
-                f"{model} versions {sorted(served.lingering)} still loaded "
+                f"{model} versions {sorted(served.lingering)} still loaded on replica {view.name} "
                 f"{policy.unload_wait_seconds:g} s after their unload"
             )
         )
     return served
 
 
-def serve_now(rt: Runtime, report: TickReport, model: str, *, wait: bool = True) -> serving.Served:
-    """Converge `model` on a fresh read of the history and of Triton's index (after a state change)."""
-    return converge(rt, report, rt.store.read.snapshot(), rt.admin.ready_versions(model), model, wait=wait)
+def serve_now(
+    rt: Runtime, report: TickReport, model: str, *, wait: bool = True, reload: Iterable[str] = ()
+) -> list[serving.Served]:
+    """Converge `model` on every replica, on a fresh read of the history and of each replica's index."""
+    views = [v for v in fleet_now(rt) if v.reachable]
+    return converge_fleet(rt, report, rt.store.read.snapshot(), views, model, wait=wait, reload=reload)
 
 
 def failed_candidate(store: StoreSnapshot, model: str, served: serving.Served) -> int | None:
@@ -189,30 +284,34 @@ def failed_candidate(store: StoreSnapshot, model: str, served: serving.Served) -
 
 
 def load_support_models(rt: Runtime, report: TickReport, world: World, model: str) -> None:
-    """Load the tokenizer and ensemble of a text model once the model itself serves."""
-    if not world.ready(model):
-        return
+    """Load the tokenizer and ensemble of a text model on each replica where the model itself serves."""
     names = [name for name in world.catalogue.support if name.startswith(f"{model}_")]
-    for outcome in serving.load_support(rt.admin, names, list(world.index)):
-        if isinstance(outcome, TritonLoadFailed):
-            report.fail(outcome)
-        else:
-            report.add("loaded", outcome, None, role="support")
+    if not names:
+        return
+    for view in world.reachable:
+        if not view.ready(model):
+            continue
+        for outcome in serving.load_support(rt.admin_for(view.replica), names, list(view.index or ())):
+            if isinstance(outcome, TritonLoadFailed):
+                report.fail(outcome)
+            else:
+                report.add("loaded", outcome, None, role="support", replica=view.name)
 
 
 def sweep_preflight_aliases(rt: Runtime, report: TickReport, world: World) -> None:
     """Unload preflight aliases left by a crash whose model has no version in preflight any more."""
-    for entry in world.live_aliases():
-        model = entry.model.removesuffix(PREFLIGHT_SUFFIX)
-        if world.store.versions_of(model, State.preflight):
-            continue  # its preflight runs again in this pass and cleans up after itself
-        try:
-            rt.admin.unload(entry.model)
-            rt.repo.unlink_preflight(model)
-        except ShepherdError as exc:
-            report.fail(exc)
-            continue
-        report.add("unloaded", entry.model, entry.version, role="stale preflight alias")
+    for view in world.reachable:
+        for entry in view.live_aliases():
+            model = entry.model.removesuffix(PREFLIGHT_SUFFIX)
+            if world.store.versions_of(model, State.preflight):
+                continue  # its preflight runs again in this pass and cleans up after itself
+            try:
+                rt.admin_for(view.replica).unload(entry.model)
+                rt.repo.unlink_preflight(model)
+            except ShepherdError as exc:
+                report.fail(exc)
+                continue
+            report.add("unloaded", entry.model, entry.version, role="stale preflight alias", replica=view.name)
 
 
 # -- the lifecycle step of a model ----------------------------------------------------------------
@@ -228,7 +327,7 @@ def advance(rt: Runtime, report: TickReport, world: World, model: str) -> bool:
     in_preflight = store.versions_of(model, State.preflight)
     if in_preflight:
         for record in in_preflight:
-            run_preflight(rt, report, record, stable)
+            run_preflight(rt, report, world, record, stable)
         return True
     waiting = store.versions_of(model, State.discovered)
     if store.versions_of(model, State.canary) or not waiting:
@@ -239,19 +338,30 @@ def advance(rt: Runtime, report: TickReport, world: World, model: str) -> bool:
         enter(rt, report, model, candidate.version, State.rejected, verdict=verdict)
         return True
     enter(rt, report, model, candidate.version, State.preflight, verdict=None)
-    run_preflight(rt, report, candidate, stable)
+    if stable is not None:
+        # Stable's live window before the cut-over starts now (bluegreen compares the candidate with it).
+        for error in live_metrics(rt).mark(model, [v.replica for v in world.reachable]):
+            report.fail(error)
+    run_preflight(rt, report, world, candidate, stable)
     return True
 
 
-def run_preflight(rt: Runtime, report: TickReport, record: VersionRecord, stable: VersionRecord | None) -> None:
-    """Probe the candidate alone under its preflight alias (no client traffic), decide, act."""
+def live_metrics(rt: Runtime) -> LiveMetrics:
+    return make_live_metrics(rt.settings.metrics, rt.store, timeout_s=rt.settings.defaults.metrics_timeout_seconds)
+
+
+def run_preflight(
+    rt: Runtime, report: TickReport, world: World, record: VersionRecord, stable: VersionRecord | None
+) -> None:
+    """Probe the candidate alone under its preflight alias on one replica (no client traffic), decide, act."""
     model, version = record.model, record.version
     policy = rt.settings.policy_for(model)
     golden, unprobed = preflight_inputs(rt, record)
     if golden is not None:
+        replica = world.reachable[0].replica
         try:
-            with preflight_alias(rt, report, record) as alias:
-                observe.observe_preflight(rt, alias=alias, record=record, golden=golden, policy=policy)
+            with preflight_alias(rt, report, record, replica) as alias:
+                observe.observe_preflight(rt, alias=alias, record=record, golden=golden, policy=policy, replica=replica)
         except TritonLoadFailed as exc:
             fail(rt, report, model, version, exc)
             return
@@ -270,7 +380,7 @@ def run_preflight(rt: Runtime, report: TickReport, record: VersionRecord, stable
             rt, report, model, version, verdict=Verdict(PROMOTE, f"first version: {verdict.reason}", verdict.checks)
         )
     elif verdict.outcome == PROMOTE and stable is not None:
-        start_canary(rt, report, record, stable, verdict)
+        start_canary(rt, report, world, record, stable, verdict)
     else:
         record_wait(rt, report, record, verdict, rollout_id=None)
 
@@ -288,38 +398,126 @@ def preflight_inputs(rt: Runtime, record: VersionRecord) -> tuple[golden_sets.Go
 
 
 @contextmanager
-def preflight_alias(rt: Runtime, report: TickReport, record: VersionRecord) -> Iterator[str]:
-    """Serve `record` as `<model>__preflight` while the block runs; the alias is removed after, whatever happened.
+def preflight_alias(rt: Runtime, report: TickReport, record: VersionRecord, replica: Replica) -> Iterator[str]:
+    """Serve `record` as `<model>__preflight` on `replica` while the block runs; the alias is removed after.
 
     A load Triton refuses raises TritonLoadFailed out of the `with`, and a broken config.pbtxt its
     BrokenConfig, both after the clean-up: no alias folder or alias model is left behind.
     """
     alias = rt.repo.preflight_name(record.model)
+    admin = rt.admin_for(replica)
     attempted = False
     try:
         rt.repo.link_preflight(record.model, record.version)
         config = rt.repo.preflight_config(record.model)
         attempted = True
-        rt.admin.load_versions(alias, config, [record.version])
+        admin.load_versions(alias, config, [record.version])
         yield alias
     finally:
         if attempted:
             try:
-                rt.admin.unload(alias)
+                admin.unload(alias)
             except TritonError as exc:
                 report.fail(exc)
         rt.repo.unlink_preflight(record.model)
 
 
+# -- strategies -----------------------------------------------------------------------------------
+def first_step(policy: Policy, replicas: Sequence[str]) -> tuple[str, float, dict[str, str], str]:
+    """(strategy, share, roles, reason) of a rollout's first step on the replicas reachable now.
+
+    canary: the first k replicas (by name) take the candidate, the next k reload stable as the
+    baseline, the rest serve stable. bluegreen: step 0 only observes stable under all traffic
+    (the cut-over is step 1). `auto` picks canary from 3 reachable replicas on.
+    """
+    names = sorted(replicas)
+    wanted = policy.strategy
+    if wanted in ("auto", "canary") and len(names) < 3:
+        return (
+            "bluegreen",
+            0.0,
+            dict.fromkeys(names, "stable"),
+            f"{wanted}: {len(names)} reachable replica(s), a canary needs 3 reachable: blue-green, "
+            "stable observed under all traffic before the cut-over",
+        )
+    if wanted == "bluegreen":
+        return "bluegreen", 0.0, dict.fromkeys(names, "stable"), "stable observed under all traffic before the cut-over"
+    return canary_step(policy, names, 0)
+
+
+def canary_step(policy: Policy, names: Sequence[str], index: int) -> tuple[str, float, dict[str, str], str]:
+    sizes = policy.canary_sizes(len(names))
+    k = sizes[min(index, len(sizes) - 1)]
+    roles = {
+        name: ("canary" if i < k else "baseline" if i < 2 * k else "stable") for i, name in enumerate(sorted(names))
+    }
+    return (
+        "canary",
+        k / len(names),
+        roles,
+        f"step {index + 1} of {len(sizes)}: candidate on {k} of {len(names)} replicas, {k} fresh baseline",
+    )
+
+
 def start_canary(
-    rt: Runtime, report: TickReport, record: VersionRecord, stable: VersionRecord, verdict: Verdict
+    rt: Runtime, report: TickReport, world: World, record: VersionRecord, stable: VersionRecord, verdict: Verdict
 ) -> None:
-    """Enter canary and open its rollout against the stable version; the next converge loads it beside stable."""
+    """Enter canary, open its rollout and record its first step, then put the replicas in their roles.
 
-    def open_rollout() -> dict[str, int]:
-        return {"rollout": rt.store.lifecycle.start_rollout(record.model, record.version, stable.version)}
+    Canary: the candidate loads on the canary replicas while the baseline replicas reload stable,
+    at the same moment. Bluegreen: stable's live window since the preflight began and a probe of it
+    under all traffic are stored as step 0; then the cut-over (step 1) loads the candidate everywhere.
+    """
+    model = record.model
+    policy = rt.settings.policy_for(model)
+    strategy, share, roles, why = first_step(policy, [v.name for v in world.reachable])
 
-    enter(rt, report, record.model, record.version, State.canary, verdict=verdict, then=open_rollout)
+    def open_rollout() -> dict[str, Any]:
+        rollout = rt.store.lifecycle.start_rollout(model, record.version, stable.version)
+        step = rt.store.fleet.add_step(rollout, 0, strategy=strategy, share=share, roles=roles, reason=why)
+        report.add("step", model, record.version, step=0, strategy=strategy, share=round(share, 3), roles=roles)
+        if strategy == "bluegreen":
+            cut_over(rt, report, record, stable, rollout, step, since=record.state_changed_at)
+        else:
+            serve_now(rt, report, model, reload=step.replicas("baseline"))
+        return {"rollout": rollout}
+
+    enter(rt, report, model, record.version, State.canary, verdict=verdict, then=open_rollout)
+
+
+def cut_over(
+    rt: Runtime,
+    report: TickReport,
+    record: VersionRecord,
+    stable: VersionRecord,
+    rollout: int,
+    step: RolloutStepRecord,
+    *,
+    since: datetime,
+) -> None:
+    """Blue-green: store stable's pre-cut-over window (step 0), record step 1 and load the candidate everywhere."""
+    model = record.model
+    golden = golden_sets.golden_for(rt.repo, model, record.version)
+    views = {v.name: v.replica for v in fleet_now(rt) if v.reachable}
+    if golden is not None:
+        observed = observe.observe_baseline(
+            rt,
+            stable=stable,
+            rollout_id=rollout,
+            step=step,
+            golden=golden,
+            policy=rt.settings.policy_for(model),
+            replicas=views,
+            live=live_metrics(rt),
+            since=since,
+        )
+        for error in observed.errors:
+            report.fail(error)
+    rt.store.fleet.add_step(
+        rollout, 1, strategy="bluegreen", share=1.0, roles=dict.fromkeys(views, "bluegreen"), reason="cut-over"
+    )
+    report.add("step", model, record.version, step=1, strategy="bluegreen", share=1.0)
+    serve_now(rt, report, model, wait=False)
 
 
 def record_wait(
@@ -343,7 +541,7 @@ def record_wait(
 
 # -- canaries -------------------------------------------------------------------------------------
 def probe(rt: Runtime, report: TickReport | None = None) -> TickReport:
-    """Probe every canary beside its stable version (after making sure both serve)."""
+    """Probe every canary: its candidate and stable sides, over the same seconds (after making sure both serve)."""
     report = report or TickReport()
     with rt.lock:
         for_each(report, _canaries(rt, report), lambda canary: probe_canary(rt, report, *canary))
@@ -351,28 +549,46 @@ def probe(rt: Runtime, report: TickReport | None = None) -> TickReport:
 
 
 def probe_canary(
-    rt: Runtime, report: TickReport, candidate: VersionRecord, stable: VersionRecord, rollout: RolloutRecord
+    rt: Runtime,
+    report: TickReport,
+    candidate: VersionRecord,
+    stable: VersionRecord,
+    rollout: RolloutRecord,
+    step: RolloutStepRecord,
 ) -> None:
-    """Make sure both versions serve, then observe them side by side with the same golden inputs."""
+    """Make sure every replica serves its role's versions, then observe both sides with the same golden inputs."""
     serve_now(rt, report, candidate.model)
     golden = golden_sets.golden_for(rt.repo, candidate.model, candidate.version)
     if golden is None:
         return  # preflight rejects a version without a golden set; the canary waits, then times out
-    observed = observe.observe_canary(
+    if step.strategy == "bluegreen" and step.share < 1:
+        return  # a cut-over that did not finish: judge_canary finishes it
+    replicas = {v.name: v.replica for v in fleet_now(rt) if v.reachable}
+    observed = observe.observe_step(
         rt,
         candidate=candidate,
         stable=stable,
         rollout_id=rollout.id,
+        step=step,
         golden=golden,
         policy=rt.settings.policy_for(candidate.model),
+        replicas=replicas,
+        live=live_metrics(rt),
     )
     for error in observed.errors:
         report.fail(error)
-    report.add("probed", candidate.model, candidate.version, stable=stable.version, agreement=observed.agreement)
+    report.add(
+        "probed",
+        candidate.model,
+        candidate.version,
+        stable=stable.version,
+        step=step.step,
+        agreement=observed.agreement,
+    )
 
 
 def judge(rt: Runtime, report: TickReport | None = None, *, model: str | None = None) -> TickReport:
-    """Judge every canary (of `model`, or of all models) on the evidence of its rollout so far."""
+    """Judge every canary (of `model`, or of all models) on the evidence of its current step."""
     report = report or TickReport()
     with rt.lock:
         for_each(report, _canaries(rt, report, model=model), lambda canary: judge_canary(rt, report, *canary))
@@ -380,21 +596,41 @@ def judge(rt: Runtime, report: TickReport | None = None, *, model: str | None = 
 
 
 def judge_canary(
-    rt: Runtime, report: TickReport, candidate: VersionRecord, stable: VersionRecord, rollout: RolloutRecord
-) -> Verdict:
-    """Decide on a canary from every window of its rollout, and act on the decision."""
+    rt: Runtime,
+    report: TickReport,
+    candidate: VersionRecord,
+    stable: VersionRecord,
+    rollout: RolloutRecord,
+    step: RolloutStepRecord,
+) -> Verdict | None:
+    """Decide on the canary's current step from every window of it, and act.
+
+    A passing step that is not the last widens the canary (the next step's roles are recorded and
+    served); the last one promotes (every replica). A failing step rolls back every canary replica
+    at once. The bake time counts from the step's start, the time limit from the rollout's.
+    """
     model, version = candidate.model, candidate.version
+    if step.strategy == "bluegreen" and step.share < 1:
+        cut_over(rt, report, candidate, stable, rollout.id, step, since=step.started_at)
+        return None
     now = rt.now()
-    cand_ev, stable_ev = observe.canary_evidence(rt, model, version, stable.version, rollout.id)
+    policy = rt.settings.policy_for(model)
+    cand_ev, stable_ev = observe.canary_evidence(rt, model, version, stable.version, rollout.id, step)
     verdict = decide_canary(
         cand_ev,
         stable_ev,
-        rt.settings.policy_for(model),
-        baked_seconds=(now - rollout.started_at).total_seconds(),
+        replace(policy, max_canary_seconds=_remaining_limit(policy, rollout, step)),
+        baked_seconds=(now - step.started_at).total_seconds(),
         now=now,
     )
     if verdict.outcome == ROLLBACK:
         roll_back(rt, report, model, version, verdict=verdict)
+    elif (
+        verdict.outcome == PROMOTE
+        and step.strategy == "canary"
+        and next_canary_step(rt, report, candidate, rollout, step, verdict)
+    ):
+        pass
     elif verdict.outcome == PROMOTE:
         promote(rt, report, model, version, verdict=verdict)
     else:
@@ -402,12 +638,60 @@ def judge_canary(
     return verdict
 
 
+def _remaining_limit(policy: Policy, rollout: RolloutRecord, step: RolloutStepRecord) -> float | None:
+    """The rollout's time limit as seen from the step's start (the judge counts from the step)."""
+    if policy.max_canary_seconds is None:
+        return None
+    spent = (step.started_at - rollout.started_at).total_seconds()
+    return max(policy.bake_seconds, policy.max_canary_seconds - max(0.0, spent))
+
+
+def next_canary_step(
+    rt: Runtime,
+    report: TickReport,
+    candidate: VersionRecord,
+    rollout: RolloutRecord,
+    step: RolloutStepRecord,
+    verdict: Verdict,
+) -> bool:
+    """Widen a passing canary to its next step; False when this was the last step (promote)."""
+    names = [v.name for v in fleet_now(rt) if v.reachable]
+    policy = rt.settings.policy_for(candidate.model)
+    sizes = policy.canary_sizes(len(names))
+    done = len(step.replicas("canary"))
+    if len(names) < 3 or not any(k > done for k in sizes):
+        return False
+    index = next(i for i, k in enumerate(sizes) if k > done)
+    strategy, share, roles, why = canary_step(policy, names, index)
+    rt.store.fleet.add_step(rollout.id, step.step + 1, strategy=strategy, share=share, roles=roles, reason=why)
+    record_wait(
+        rt,
+        report,
+        candidate,
+        Verdict(WAIT, f"step {step.step + 1} passed, widening: {verdict.reason}", verdict.checks),
+        rollout_id=rollout.id,
+    )
+    new = rt.store.read.snapshot().step(rollout.id)
+    serve_now(rt, report, candidate.model, reload=new.replicas("baseline") if new is not None else ())
+    report.add(
+        "step",
+        candidate.model,
+        candidate.version,
+        step=step.step + 1,
+        strategy=strategy,
+        share=round(share, 3),
+        roles=roles,
+    )
+    return True
+
+
 def _canaries(
     rt: Runtime, report: TickReport, *, model: str | None = None
-) -> list[tuple[VersionRecord, VersionRecord, RolloutRecord]]:
-    """Each canary of an unpinned model with its stable version and open rollout, from one read of the history.
+) -> list[tuple[VersionRecord, VersionRecord, RolloutRecord, RolloutStepRecord]]:
+    """Each canary of an unpinned model with its stable version, open rollout and current step, from one read.
 
-    A canary whose rollout was never opened (a crash right after it entered canary) gets it now.
+    A canary whose rollout or first step was never recorded (a crash right after it entered
+    canary, or a history from before fleets) gets them now.
     """
     try:
         store = rt.store.read.snapshot()
@@ -422,11 +706,15 @@ def _canaries(
         if stable is None or store.pinned(record.model) is not None:
             continue
         rollout = store.open_rollout(record.model, record.version)
-        if rollout is None:
-            rt.store.lifecycle.start_rollout(record.model, record.version, stable.version)
+        step = store.step(rollout.id) if rollout is not None else None
+        if rollout is None or step is None:
+            rollout_id = rt.store.lifecycle.start_rollout(record.model, record.version, stable.version)
+            names = [v.name for v in fleet_now(rt) if v.reachable]
+            strategy, share, roles, why = first_step(rt.settings.policy_for(record.model), names)
+            step = rt.store.fleet.add_step(rollout_id, 0, strategy=strategy, share=share, roles=roles, reason=why)
             rollout = rt.store.read.open_rollout(record.model, record.version)
         if rollout is not None:
-            found.append((record, stable, rollout))
+            found.append((record, stable, rollout, step))
     return found
 
 
@@ -434,12 +722,12 @@ def _canaries(
 def promote(
     rt: Runtime, report: TickReport, model: str, version: int, *, verdict: Verdict, actor: str = SYSTEM_ACTOR
 ) -> None:
-    """Make the version the stable one; Triton serves it for requests naming no version at once."""
+    """Make the version the stable one; every replica serves it for requests naming no version at once."""
 
     def serve() -> dict[str, float]:
-        served = serve_now(rt, report, model)
-        if served.refused is not None:
-            report.fail(served.refused)
+        for served in serve_now(rt, report, model):
+            if served.refused is not None:
+                report.fail(served.refused)
         return {}
 
     enter(rt, report, model, version, State.promoted, verdict=verdict, actor=actor, then=serve)
@@ -448,28 +736,35 @@ def promote(
 def roll_back(
     rt: Runtime, report: TickReport, model: str, version: int, *, verdict: Verdict, actor: str = SYSTEM_ACTOR
 ) -> None:
-    """Mark the version rolled back, send traffic back to stable at once, verify it is gone from Triton.
+    """Mark the version rolled back, send traffic back to stable on every replica at once, verify it is gone.
 
-    Two moments are timed from the decision: traffic back (the load that drops the version) and
-    the unload verified in Triton's index.
+    Two moments are timed from the decision: traffic back (the loads that drop the version, on
+    all replicas in parallel) and the unload verified in every replica's index.
     """
     decided = time.monotonic()
     policy = rt.settings.policy_for(model)
 
     def take_down() -> dict[str, float]:
-        served = serve_now(rt, report, model, wait=False)
-        if served.refused is not None:
-            report.fail(served.refused)
+        views = [v for v in fleet_now(rt) if v.reachable]
+        for served in converge_fleet(rt, report, rt.store.read.snapshot(), views, model, wait=False):
+            if served.refused is not None:
+                report.fail(served.refused)
         timings = {"traffic_back_s": round(time.monotonic() - decided, 4)}
-        gone = rt.admin.wait_gone(model, [version], timeout_s=policy.unload_wait_seconds)
+        gone = parallel(
+            views,
+            lambda v: rt.admin_for(v.replica).wait_gone(model, [version], timeout_s=policy.unload_wait_seconds),
+        )
         timings["unload_verified_s"] = round(time.monotonic() - decided, 4)
-        if not gone:
-            report.fail(TritonError(f"{model} version {version} still in Triton's index after rollback"))
+        for view, ok in zip(views, gone, strict=True):
+            if not ok:
+                report.fail(
+                    TritonError(f"{model} version {version} still in replica {view.name}'s index after rollback")
+                )
         return timings
 
     enter(rt, report, model, version, State.rolled_back, verdict=verdict, actor=actor, then=take_down)
 
 
 def fail(rt: Runtime, report: TickReport, model: str, version: int, refusal: TritonLoadFailed) -> None:
-    """Triton could not load the version: it is failed, and the stable version keeps serving."""
+    """A replica could not load the version: it is failed, and the stable version keeps serving everywhere."""
     enter(rt, report, model, version, State.failed, verdict=Verdict(FAIL, f"Triton could not load it: {refusal}"))

@@ -44,8 +44,13 @@ def converge(
     live: Iterable[int],
     config: Callable[[], ModelConfig],
     wait_s: float | None,
+    reload: bool = False,
 ) -> Served:
     """Serve exactly `wanted` (nothing when empty); `live` is what the index said was READY.
+
+    With `reload`, the load is sent even when `wanted` already serves: Triton loads the versions
+    afresh beside the running ones and swaps them in, which is how a canary's baseline replicas
+    get a stable version as fresh as the candidate (Kayenta's fresh baseline), without a gap.
 
     The load itself moves request routing atomically (Triton's load is all-or-nothing: a refused
     load leaves the versions loaded before serving). With `wait_s`, poll the index until released
@@ -53,7 +58,7 @@ def converge(
     `config` is only read when a load is needed.
     """
     target, before = frozenset(wanted), frozenset(live)
-    if target == before:
+    if target == before and not (reload and target):
         return Served(model, target, before)
     started = time.monotonic()
     if not target:

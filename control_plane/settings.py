@@ -31,6 +31,7 @@ from sqlalchemy.exc import ArgumentError
 
 from control_plane.alerts.channels import AlertSettings, EmailChannel, WebhookChannel
 from control_plane.errors import ConfigError
+from control_plane.fleet import FLEET_ENV, Fleet, MetricsSource, parse_fleet, parse_metrics, read_fleet_file, single
 from control_plane.policy import POLICY_FIELDS, Policy, PromotionWindow
 
 DEFAULT_REPO = "model_repository"
@@ -49,7 +50,9 @@ ENVIRONMENT = {
 }
 CONNECTION_KEYS = ("repo", "triton_grpc", "triton_metrics", "db_url")
 INTERVAL_KEYS = ("reconcile_interval_seconds", "probe_interval_seconds")
-TOP_LEVEL_KEYS = frozenset({*CONNECTION_KEYS, *INTERVAL_KEYS, "defaults", "models", "alerts", "triton_api_key_env"})
+TOP_LEVEL_KEYS = frozenset(
+    {*CONNECTION_KEYS, *INTERVAL_KEYS, "defaults", "models", "alerts", "triton_api_key_env", "fleet", "metrics"}
+)
 WINDOW_KEYS = frozenset({"day_of_week", "hour", "timezone"})
 ALERT_KEYS = frozenset({"webhooks", "email", "retries", "backoff_seconds", "timeout_seconds", "deadline_seconds"})
 WEBHOOK_KEYS = frozenset({"url", "url_env", "format", "name"})
@@ -71,6 +74,14 @@ class Settings:
     models: dict[str, Policy]
     source: Path | None = None  # the shepherd.yaml read, if any
     triton_api_key: str | None = field(default=None, repr=False)  # a secret: never in repr
+    fleet_spec: Fleet | None = None  # None: the one Triton of triton_grpc / triton_metrics
+    metrics: MetricsSource = field(default_factory=MetricsSource)
+    load_balancer: dict[str, str] = field(default_factory=dict)  # where clients reach the fleet (informational)
+
+    @property
+    def fleet(self) -> Fleet:
+        """The replicas to drive: the fleet given, else the degenerate fleet of the plain settings."""
+        return self.fleet_spec if self.fleet_spec is not None else single(self.triton_grpc, self.triton_metrics)
 
     def policy_for(self, model: str) -> Policy:
         """The model's own policy (its overrides on top of `defaults`), else the defaults."""
@@ -157,6 +168,10 @@ def parse_policy(data: Any, *, base: Policy, where: str, key: str) -> Policy:
             if not optional:
                 raise _fail(where, path, "must be set (null is not allowed here)")
             changes[name] = None
+        elif name == "canary_steps":
+            changes[name] = tuple(_sequence(value, where, path))
+        elif name == "strategy":
+            changes[name] = _text(value, where, path)
         elif name == "promotion_windows":
             changes[name] = tuple(
                 _window(item, where, f"{path}[{i}]") for i, item in enumerate(_sequence(value, where, path))
@@ -298,6 +313,30 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _fleet(
+    data: dict[str, Any], where: str, fleet_file: Any, env: Mapping[str, str], overrides: dict[str, Any]
+) -> tuple[Fleet | None, MetricsSource, dict[str, str]]:
+    """The fleet and its metrics source, highest first: `--fleet FILE` > SHEPHERD_FLEET > a single Triton
+    given on the command line or in the environment > `fleet:` in shepherd.yaml > the plain settings.
+
+    A fleet file's own `metrics:` wins over shepherd.yaml's (it was named on the command line or in
+    the environment, which rank above the file).
+    """
+    metrics = (
+        parse_metrics(data["metrics"], f"{where}: metrics") if data.get("metrics") is not None else MetricsSource()
+    )
+    path = fleet_file or env.get(FLEET_ENV)
+    if path:
+        read = read_fleet_file(Path(path))
+        return read.fleet, read.metrics or metrics, read.load_balancer
+    single_given = any(overrides.get(k) for k in ("triton_grpc", "triton_metrics")) or any(
+        env.get(ENVIRONMENT[k]) for k in ("triton_grpc", "triton_metrics")
+    )
+    if data.get("fleet") is not None and not single_given:
+        return parse_fleet(data["fleet"], f"{where}: fleet"), metrics, {}
+    return None, metrics, {}
+
+
 def load_settings(
     path: Path | None = None, *, overrides: dict[str, Any] | None = None, env: Mapping[str, str] = os.environ
 ) -> Settings:
@@ -353,8 +392,10 @@ def load_settings(
         if data.get(key) is not None:
             intervals[key] = _interval(data[key], where, key)
 
+    overrides = dict(overrides or {})
+    fleet_file = overrides.pop("fleet", None)
     known = set(CONNECTION_KEYS) | set(INTERVAL_KEYS)
-    for key, value in (overrides or {}).items():
+    for key, value in overrides.items():
         if key not in known:
             raise _fail("command line", key, f"unknown setting (known: {', '.join(sorted(known))})")
         if value is None:
@@ -371,7 +412,11 @@ def load_settings(
             raise _fail(where, "triton_api_key_env", f"environment variable {variable} is not set")
         api_key = env[variable]
 
+    fleet, metrics, balancer = _fleet(data, where, fleet_file, env, overrides)
     return Settings(
+        fleet_spec=fleet,
+        metrics=metrics,
+        load_balancer=balancer,
         repo=connection["repo"],
         triton_grpc=connection["triton_grpc"],
         triton_metrics=connection["triton_metrics"],

@@ -261,25 +261,85 @@ def send_paired_probes(
     outputs are those of the first round. Returns one ProbeRun per version, keyed by version.
     """
     names = [_explicit_version(v) for v in versions]
-    if not names:
-        raise ProbeFailed("no versions given to probe")
     if len(set(names)) != len(names):
         raise ProbeFailed(f"versions repeat: {names}")
+    runs = send_interleaved(
+        [(grpc_url, name) for name in names],
+        model,
+        inputs,
+        output_names=output_names,
+        batch_size=batch_size,
+        rounds=rounds,
+        timeout_s=timeout_s,
+        limit_rows=limit_rows,
+    )
+    return {version: run for (_, version), run in runs.items()}
+
+
+def send_interleaved(
+    targets: Sequence[tuple[str, int | str]],
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    output_names: Sequence[str] | None = None,
+    batch_size: int = 8,
+    rounds: int = 1,
+    timeout_s: float = 10.0,
+    limit_rows: int | None = None,
+) -> dict[tuple[str, str], ProbeRun]:
+    """Send the same golden rows to several (gRPC address, version) targets, interleaved request by request.
+
+    The targets may be different replicas of a fleet (a candidate on a canary replica, stable on a
+    baseline replica): every batch reaches every target before the next one, so both sides are
+    probed over the same seconds, under the same load. Keyed by (address, version).
+    """
+    keys = [(url, _explicit_version(v)) for url, v in targets]
+    if not keys:
+        raise ProbeFailed("no versions given to probe")
+    if len(set(keys)) != len(keys):
+        raise ProbeFailed(f"targets repeat: {keys}")
     if rounds < 1:
         raise ProbeFailed(f"rounds must be at least 1, got {rounds}")
     if timeout_s <= 0:
         raise ProbeFailed(f"timeout_s must be positive, got {timeout_s}")
     chunks = _chunks(inputs, batch_size, limit_rows)
-    collectors = {name: _Collector(model, name) for name in names}
-    client = grpcclient.InferenceServerClient(grpc_url)
+    collectors = {key: _Collector(model, key[1]) for key in keys}
+    clients = {url: grpcclient.InferenceServerClient(url) for url in dict.fromkeys(url for url, _ in keys)}
     try:
         turn = 0
         for round_index in range(rounds):
             for tensors in chunks:
-                order = names[turn % len(names) :] + names[: turn % len(names)]
+                order = keys[turn % len(keys) :] + keys[: turn % len(keys)]
                 turn += 1
-                for name in order:
-                    collectors[name].send(client, tensors, output_names, timeout_s, keep_outputs=round_index == 0)
+                for key in order:
+                    collectors[key].send(
+                        clients[key[0]], tensors, output_names, timeout_s, keep_outputs=round_index == 0
+                    )
     finally:
-        client.close()
-    return {name: collector.run() for name, collector in collectors.items()}
+        for client in clients.values():
+            client.close()
+    return {key: collector.run() for key, collector in collectors.items()}
+
+
+def merged(runs: Sequence[ProbeRun]) -> ProbeRun:
+    """Several runs of one version (on several replicas) as one: samples pooled, counts summed.
+
+    The outputs are those of the first run that has them: the same golden rows went to every
+    replica, and the same version answers the same on each.
+    """
+    if not runs:
+        raise ProbeFailed("no probe runs to merge")
+    first = runs[0]
+    return ProbeRun(
+        model=first.model,
+        version=first.version,
+        started_at=min(r.started_at for r in runs),
+        latencies_ms=tuple(x for r in runs for x in r.latencies_ms),
+        requests=sum(r.requests for r in runs),
+        errors=sum(r.errors for r in runs),
+        error_messages=tuple(dict.fromkeys(m for r in runs for m in r.error_messages))[:MAX_MESSAGES],
+        outputs=next((r.outputs for r in runs if r.outputs is not None), None)
+        if all(r.errors == 0 for r in runs)
+        else None,
+        sent_at=tuple(x for r in runs for x in r.sent_at),
+    )

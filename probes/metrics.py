@@ -417,3 +417,74 @@ def window(start: Snapshot, end: Snapshot) -> dict[tuple[str, str], WindowStats]
             counter_reset=reset,
         )
     return result
+
+
+# -- marks: a snapshot's counters for one model, kept between processes -------------------------
+def counters_of(snapshot: Snapshot, model: str) -> dict[str, Any]:
+    """The cumulative counters of `model`'s versions as plain JSON (no quantiles: a window reads those
+    from its end), for storing the start of the next window outside this process."""
+    return {
+        version: {
+            **{name: getattr(c, name) for name in _COUNTERS.values()},
+            "failure_by_reason": dict(c.failure_by_reason),
+        }
+        for (name, version), c in snapshot.versions.items()
+        if name == model
+    }
+
+
+def snapshot_of(model: str, taken_at: float, counters: Mapping[str, Any]) -> Snapshot:
+    """A Snapshot of one model back from `counters_of`; anything malformed is BadWindow (exit 54)."""
+    versions: dict[tuple[str, str], VersionCounters] = {}
+    try:
+        for version, values in counters.items():
+            reasons = {str(r): float(v) for r, v in dict(values.get("failure_by_reason") or {}).items()}
+            versions[(model, str(version))] = _counters(
+                {name: float(values.get(name, 0.0)) for name in _COUNTERS.values()}, failure_by_reason=reasons
+            )
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise BadWindow(f"stored counters of {model} are malformed: {exc}") from exc
+    return Snapshot(taken_at=taken_at, versions=versions, host=HostStats())
+
+
+def combined(stats: list[WindowStats]) -> WindowStats | None:
+    """One version's windows on several replicas as one: counts summed, averages and Triton's
+    quantiles weighted by each replica's requests (a quantile of the union cannot be had from
+    per-process summaries; with one replica per side, as on a fleet of three, it is exact)."""
+    if not stats:
+        return None
+    first = stats[0]
+    requests = sum(s.requests for s in stats)
+    failures = sum(s.failures for s in stats)
+    reasons: dict[str, float] = defaultdict(float)
+    for s in stats:
+        for reason, value in s.failures_by_reason.items():
+            reasons[reason] += value
+
+    def weighted(name: str) -> float | None:
+        pairs = [(getattr(s, name), s.requests) for s in stats if getattr(s, name) is not None]
+        total = sum(w for _, w in pairs)
+        if not pairs:
+            return None
+        if total <= 0:
+            return max(v for v, _ in pairs)
+        return sum(v * w for v, w in pairs) / total
+
+    attempts = requests + failures
+    return WindowStats(
+        model=first.model,
+        version=first.version,
+        seconds=max(s.seconds for s in stats),
+        requests=requests,
+        failures=failures,
+        failures_by_reason=dict(reasons),
+        request_rate=sum(s.request_rate for s in stats),
+        failure_rate=failures / attempts if attempts > 0 else 0.0,
+        avg_request_ms=weighted("avg_request_ms"),
+        avg_queue_ms=weighted("avg_queue_ms"),
+        avg_compute_ms=weighted("avg_compute_ms"),
+        p50_ms=weighted("p50_ms"),
+        p95_ms=weighted("p95_ms"),
+        p99_ms=weighted("p99_ms"),
+        counter_reset=any(s.counter_reset for s in stats),
+    )

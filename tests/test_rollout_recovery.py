@@ -105,8 +105,7 @@ def test_triton_restarted_during_canary_is_repaired(repo: ModelRepository, trito
         candidate = publish(repo, tmp_path / "build", "clf", "same")
         tick_until(rt, lambda: state_of(rt, "clf", candidate) == State.canary)
         triton.restart()  # same ports, nothing loaded, metric counters back at zero
-        rt.admin.close()
-        rt.admin = type(rt.admin)(triton.state.grpc_url)
+        rt.reconnect()
         assert ready(rt, "clf") == set()
         report = reconciler.tick(rt)
         assert ready(rt, "clf") == {stable, candidate}, report

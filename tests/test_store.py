@@ -34,6 +34,9 @@ TABLES = {
     "models",
     "versions",
     "rollouts",
+    "rollout_steps",
+    "replicas",
+    "metric_marks",
     "transitions",
     "probe_windows",
     "decisions",
@@ -107,7 +110,7 @@ def test_migrations_create_every_table_and_match_the_models(db_url: str) -> None
     try:
         tables = set(inspect(again.db.engine).get_table_names())
         assert tables >= TABLES | {"alembic_version", "apscheduler_jobs"}
-        assert rows(again, "SELECT version_num FROM alembic_version") == [("0001",)]
+        assert rows(again, "SELECT version_num FROM alembic_version") == [("0002",)]
         config = alembic_config()
         config.set_main_option("sqlalchemy.url", db_url.replace("%", "%%"))  # configparser interpolation
         command.check(config)  # raises when the migrated schema and models.py disagree
@@ -131,7 +134,7 @@ def test_processes_starting_together_on_a_fresh_database_all_succeed(db_url: str
     assert [p.returncode for p in procs] == [0, 0, 0], errors
     with Store.open(db_url) as store:
         assert rows(store, "SELECT name FROM models") == [("m",)]
-        assert rows(store, "SELECT version_num FROM alembic_version") == [("0001",)]
+        assert rows(store, "SELECT version_num FROM alembic_version") == [("0002",)]
 
 
 def test_open_without_migrate_on_an_empty_database_is_a_clear_error(db_url: str) -> None:
@@ -441,11 +444,19 @@ def test_snapshot_holds_the_whole_state_in_few_selects(store: Store, clock: Cloc
     ended = store.lifecycle.start_rollout("intent", 2, 1)
     store.lifecycle.end_rollout(ended, outcome="rolled_back")
     store.lifecycle.set_pin("ranker", 1)
+    store.fleet.add_step(rollout, 0, strategy="canary", share=1 / 3, roles={"r0": "canary", "r1": "baseline"}, reason="")
+    store.fleet.add_step(rollout, 1, strategy="canary", share=2 / 3, roles={"r0": "canary", "r1": "canary"}, reason="")
+    store.fleet.add_step(ended, 0, strategy="bluegreen", share=0.0, roles={"r0": "stable"}, reason="")
+    store.fleet.record_health([("r0", "127.0.0.1:1", "127.0.0.1:2", True, None)])
     clock.advance(7)
 
     with counted_selects(store) as selects:
         snap = store.read.snapshot()
-    assert len(selects) <= 4, selects
+    # models, versions, open rollouts, their current steps, the fleet's health: one each
+    assert len(selects) <= 5, selects
+    assert set(snap.steps) == {rollout} and snap.steps[rollout].step == 1  # the latest step of open rollouts only
+    assert snap.steps[rollout].role_of("r1") == "canary" and snap.steps[rollout].role_of("r9") == "stable"
+    assert snap.replicas["r0"].reachable
 
     assert snap.taken_at == clock.at
     assert set(snap.models) == {"intent", "ranker"}

@@ -164,6 +164,61 @@ class RolloutRow(Base):
     outcome: Mapped[str | None] = mapped_column(String(40))
 
 
+STRATEGIES = ("canary", "bluegreen")
+
+
+class RolloutStepRow(Base):
+    """One step of a rollout: which replica had which role from `started_at` on.
+
+    `roles` maps replica name -> "canary" | "baseline" | "stable" | "bluegreen"; `share` is the
+    fleet's share of client traffic the candidate takes in the step (k/N, or 1 for bluegreen's
+    cut-over, 0 for its step 0, which only observes the stable version before the cut-over).
+    """
+
+    __tablename__ = "rollout_steps"
+    __table_args__ = (
+        UniqueConstraint("rollout_id", "step"),
+        CheckConstraint(_one_of("strategy", STRATEGIES), name="strategy"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    strategy: Mapped[str] = mapped_column(String(20))
+    started_at: Mapped[datetime]
+    share: Mapped[float] = mapped_column(Float)
+    roles: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ReplicaRow(Base):
+    """The last known health of each replica of the fleet; written only when it changes."""
+
+    __tablename__ = "replicas"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    grpc: Mapped[str] = mapped_column(String(300))
+    metrics: Mapped[str] = mapped_column(String(300))
+    reachable: Mapped[bool] = mapped_column(Boolean)
+    changed_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class MetricMarkRow(Base):
+    """A replica's cumulative counters for one model at the end of the last window read from it.
+
+    Kept in SQL so that a window read by the next pass, even from another process (a CronJob's
+    `shepherd tick`), covers all client traffic since this one.
+    """
+
+    __tablename__ = "metric_marks"
+
+    replica: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    taken_at: Mapped[datetime]
+    counters: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class TransitionRow(Base):
     __tablename__ = "transitions"
     __table_args__ = (
@@ -212,6 +267,7 @@ class ProbeWindowRow(Base):
     gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     samples: Mapped[list[float] | None] = mapped_column(JSON)
     raw: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    step: Mapped[int | None] = mapped_column(Integer)  # the rollout step the window belongs to
 
 
 class DecisionRow(Base):

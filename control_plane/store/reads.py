@@ -97,8 +97,9 @@ class Reads:
         role: str | None = None,
         rollout_id: int | None = None,
         since: datetime | None = None,
+        step: int | None = None,
     ) -> list[ProbeWindowRecord]:
-        """Windows of one version, oldest first."""
+        """Windows of one version (of one rollout step, when given), oldest first."""
         query = (
             select(ProbeWindowRow)
             .join(VersionRow, VersionRow.id == ProbeWindowRow.version_id)
@@ -111,6 +112,8 @@ class Reads:
             query = query.where(ProbeWindowRow.rollout_id == rollout_id)
         if since is not None:
             query = query.where(ProbeWindowRow.started_at >= aware(since, where="since"))
+        if step is not None:
+            query = query.where(ProbeWindowRow.step == step)
         query = query.order_by(ProbeWindowRow.started_at, ProbeWindowRow.id)
         with self.db.tx(f"read probe windows of {model} v{version}") as session:
             return [ProbeWindowRecord.from_row(r, model=model, version=version) for r in session.scalars(query)]

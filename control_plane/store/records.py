@@ -11,7 +11,16 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, TypeVar
 
-from control_plane.store.models import AlertRow, DecisionRow, ProbeWindowRow, RolloutRow, State, VersionRow
+from control_plane.store.models import (
+    AlertRow,
+    DecisionRow,
+    ProbeWindowRow,
+    ReplicaRow,
+    RolloutRow,
+    RolloutStepRow,
+    State,
+    VersionRow,
+)
 
 R = TypeVar("R")
 
@@ -79,6 +88,45 @@ class RolloutRecord:
 
 
 @dataclass(frozen=True)
+class RolloutStepRecord:
+    """Which replica had which role in one step of a rollout (see RolloutStepRow)."""
+
+    rollout_id: int
+    step: int
+    strategy: str
+    started_at: datetime
+    share: float
+    roles: dict[str, str]
+    reason: str | None
+
+    @classmethod
+    def from_row(cls, row: RolloutStepRow) -> RolloutStepRecord:
+        return _from_row(cls, row, roles={str(k): str(v) for k, v in (row.roles or {}).items()})
+
+    def replicas(self, role: str) -> tuple[str, ...]:
+        return tuple(sorted(name for name, r in self.roles.items() if r == role))
+
+    def role_of(self, replica: str) -> str:
+        """The replica's role in this step. One the step does not name (it joined later) serves stable,
+        except after a blue-green cut-over, where every replica serves the candidate."""
+        return self.roles.get(replica, "bluegreen" if self.strategy == "bluegreen" and self.share >= 1 else "stable")
+
+
+@dataclass(frozen=True)
+class ReplicaRecord:
+    name: str
+    grpc: str
+    metrics: str
+    reachable: bool
+    changed_at: datetime
+    last_error: str | None
+
+    @classmethod
+    def from_row(cls, row: ReplicaRow) -> ReplicaRecord:
+        return _from_row(cls, row, reachable=bool(row.reachable))
+
+
+@dataclass(frozen=True)
 class ProbeWindowRecord:
     id: int
     model: str
@@ -103,6 +151,7 @@ class ProbeWindowRecord:
     gpu_memory_bytes: int | None
     samples: tuple[float, ...]
     raw: dict[str, Any]
+    step: int | None = None
 
     @classmethod
     def from_row(cls, row: ProbeWindowRow, *, model: str, version: int) -> ProbeWindowRecord:
@@ -173,6 +222,8 @@ class StoreSnapshot:
     versions: tuple[VersionRecord, ...]  # all of them, ordered by model and version
     open_rollouts: tuple[RolloutRecord, ...]
     taken_at: datetime
+    steps: dict[int, RolloutStepRecord] = field(default_factory=dict)  # open rollout id -> its current step
+    replicas: dict[str, ReplicaRecord] = field(default_factory=dict)  # the fleet's last known health
     _by_model: dict[str, tuple[VersionRecord, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -197,6 +248,9 @@ class StoreSnapshot:
 
     def open_rollout(self, model: str, candidate: int) -> RolloutRecord | None:
         return next((r for r in self.open_rollouts if r.model == model and r.candidate == candidate), None)
+
+    def step(self, rollout_id: int) -> RolloutStepRecord | None:
+        return self.steps.get(rollout_id)
 
     def known(self, model: str) -> set[int]:
         """The version numbers recorded for the model, whatever their state."""

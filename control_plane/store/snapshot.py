@@ -1,6 +1,6 @@
 """Reading the reconciler's whole picture at once: every model, every version, every open rollout.
 
-Why three plain SELECTs and no joins: the version numbers a rollout names are looked up among the
+Why a few plain SELECTs and no joins: the version numbers a rollout names are looked up among the
 versions already read, so one pass costs the same few statements however many models there are, and
 everything it sees was true at the same moment (one transaction).
 """
@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from control_plane.store.models import ModelRow, RolloutRow, VersionRow
-from control_plane.store.records import ModelRecord, RolloutRecord, StoreSnapshot, VersionRecord
+from control_plane.store.models import ModelRow, ReplicaRow, RolloutRow, RolloutStepRow, VersionRow
+from control_plane.store.records import (
+    ModelRecord,
+    ReplicaRecord,
+    RolloutRecord,
+    RolloutStepRecord,
+    StoreSnapshot,
+    VersionRecord,
+)
 
 __all__ = ["StoreSnapshot", "read_snapshot"]
 
@@ -26,7 +33,9 @@ def read_snapshot(session: Session, *, taken_at: datetime) -> StoreSnapshot:
         for v in session.scalars(select(VersionRow).order_by(VersionRow.model_id, VersionRow.version))
     ]
     by_id = {v.id: v for v in versions}
-    rollouts = session.scalars(select(RolloutRow).where(RolloutRow.ended_at.is_(None)).order_by(RolloutRow.id))
+    rollouts = session.scalars(select(RolloutRow).where(RolloutRow.ended_at.is_(None)).order_by(RolloutRow.id)).all()
+    steps = _current_steps(session)
+    replicas = session.scalars(select(ReplicaRow).order_by(ReplicaRow.name)).all()
     return StoreSnapshot(
         models={m.name: ModelRecord(m.name, m.kind, m.pinned_version, bool(m.automation_paused)) for m in models},
         versions=tuple(sorted(versions, key=lambda v: (v.model, v.version))),
@@ -40,4 +49,21 @@ def read_snapshot(session: Session, *, taken_at: datetime) -> StoreSnapshot:
             for r in rollouts
         ),
         taken_at=taken_at,
+        steps={s.rollout_id: s for s in steps},
+        replicas={r.name: ReplicaRecord.from_row(r) for r in replicas},
     )
+
+
+def _current_steps(session: Session) -> list[RolloutStepRecord]:
+    """The latest step of every open rollout, in one statement."""
+    latest = (
+        select(RolloutStepRow.rollout_id, func.max(RolloutStepRow.step).label("step"))
+        .join(RolloutRow, RolloutRow.id == RolloutStepRow.rollout_id)
+        .where(RolloutRow.ended_at.is_(None))
+        .group_by(RolloutStepRow.rollout_id)
+        .subquery()
+    )
+    query = select(RolloutStepRow).join(
+        latest, (RolloutStepRow.rollout_id == latest.c.rollout_id) & (RolloutStepRow.step == latest.c.step)
+    )
+    return [RolloutStepRecord.from_row(row) for row in session.scalars(query)]

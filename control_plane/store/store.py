@@ -1,7 +1,7 @@
 """The narrow API through which the control plane reads and writes its SQL history.
 
-Why four parts behind one object: writes that move versions (`lifecycle`), evidence that is only
-ever added (`evidence`), and reads (`read`) change for different reasons, but share one database,
+Why five parts behind one object: writes that move versions (`lifecycle`), evidence that is only
+ever added (`evidence`), reads (`read`) and the fleet's steps, health and metric marks (`fleet`) change for different reasons, but share one database,
 one clock and one way to report a failure (StoreError naming the URL, password masked).
 
     store = Store.open("sqlite:///shepherd.db")          # or postgresql+psycopg://user@host/db
@@ -16,6 +16,7 @@ from control_plane.clock import Clock, utc_now
 from control_plane.store.database import DEFAULT_URL, Database, check_schema, make_engine
 from control_plane.store.database import migrate as migrate_schema
 from control_plane.store.evidence import EvidenceLog
+from control_plane.store.fleet_log import FleetLog
 from control_plane.store.lifecycle import Lifecycle
 from control_plane.store.reads import Reads
 
@@ -28,6 +29,7 @@ class Store:
         self.lifecycle = Lifecycle(db)
         self.evidence = EvidenceLog(db)
         self.read = Reads(db)
+        self.fleet = FleetLog(db)
 
     @classmethod
     def open(cls, url: str = DEFAULT_URL, *, migrate: bool = True, clock: Clock = utc_now) -> Store:

@@ -38,6 +38,11 @@ class TritonPythonModel:
         threads = int(os.environ.get("SHEPHERD_ORT_INTRA_OP_THREADS", "0"))
         if threads:
             options.intra_op_num_threads = threads
+        # No busy-waiting between runs: with several versions loaded on a few CPU cores (a canary
+        # beside stable), spinning worker threads of one session steal the cores of the other, and
+        # the version loaded second looks slower than it is.
+        if os.environ.get("SHEPHERD_ORT_ALLOW_SPINNING", "0") != "1":
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
         self.batched = int(config.get("max_batch_size", 0)) > 0
         self.inputs = [(i["name"], _numpy_dtype(i["data_type"])) for i in config["input"]]

@@ -1,0 +1,217 @@
+"""Rollouts across a fleet of three real local Tritons: every replica converged, canary roles, repair.
+
+The load balancer and Prometheus are not needed to show these (tests/test_fleet_traffic.py runs the
+whole local fleet with client traffic); here each replica is a real `tritonserver` and shepherd
+drives each one by its own address, as it does behind a Kubernetes Service.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builders.repository import ModelRepository
+from control_plane import reconciler
+from control_plane.fleet import Replica, fleet_file_text
+from control_plane.local_triton import LocalTriton
+from control_plane.runtime import Runtime, open_runtime
+from control_plane.settings import load_settings
+from control_plane.store.models import State
+from control_plane.triton_admin import TritonAdmin
+from tests.classifier_models import publish
+from tests.conftest import HISTORIES
+from tests.dns_server import DnsTestServer
+from tests.test_control_plane import FAST_POLICY, state_of, tick_until
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture
+def tritons(repo: ModelRepository, tmp_path: Path) -> Iterator[list[LocalTriton]]:
+    servers = [LocalTriton(repo.root, state_dir=tmp_path / f"r{i}") for i in range(3)]
+    try:
+        for server in servers:
+            server.__enter__()
+        yield servers
+    finally:
+        for server in servers:
+            server.__exit__(None, None, None)
+
+
+def replicas_of(tritons: list[LocalTriton]) -> list[Replica]:
+    return [
+        Replica(f"r{i}", t.state.grpc_url, f"127.0.0.1:{t.state.metrics_port}") for i, t in enumerate(tritons)
+    ]
+
+
+def fleet_runtime(tmp_path: Path, repo: ModelRepository, fleet_file: Path, policy: str = FAST_POLICY) -> Runtime:
+    config = tmp_path / "shepherd.yaml"
+    config.write_text(policy)
+    settings = load_settings(
+        config,
+        overrides={"repo": repo.root, "db_url": f"sqlite:///{tmp_path / 'history.db'}", "fleet": fleet_file},
+    )
+    HISTORIES.append(settings.db_url)  # audited after the test (conftest.history_tells_the_truth)
+    return open_runtime(settings)
+
+
+@pytest.fixture
+def rt(tritons: list[LocalTriton], repo: ModelRepository, tmp_path: Path) -> Iterator[Runtime]:
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text(fleet_file_text(replicas_of(tritons)))
+    runtime = fleet_runtime(tmp_path, repo, fleet_file)
+    yield runtime
+    runtime.close()
+
+
+def served(tritons: list[LocalTriton], model: str = "clf") -> list[set[int]]:
+    """What each replica serves, read from each replica itself."""
+    out = []
+    for triton in tritons:
+        admin = TritonAdmin(triton.state.grpc_url)
+        try:
+            out.append(admin.ready_versions(model))
+        finally:
+            admin.close()
+    return out
+
+
+def establish(rt: Runtime, repo: ModelRepository, tmp_path: Path, tritons: list[LocalTriton]) -> int:
+    version = publish(repo, tmp_path / "build", "clf", "good")
+    tick_until(rt, lambda: state_of(rt, "clf", version) == State.promoted)
+    assert served(tritons) == [{version}] * 3  # every replica, not whichever one a connection reached
+    return version
+
+
+def test_identical_candidate_goes_canary_baseline_then_every_replica(
+    rt: Runtime, repo: ModelRepository, tmp_path: Path, tritons: list[LocalTriton]
+) -> None:
+    stable = establish(rt, repo, tmp_path, tritons)
+    same = publish(repo, tmp_path / "build", "clf", "same")
+    actions = tick_until(rt, lambda: state_of(rt, "clf", same) == State.canary)
+    # Step 0 on three replicas: one canary, one freshly reloaded baseline, one plain stable.
+    assert served(tritons) == [{stable, same}, {stable}, {stable}]
+    assert any(a["action"] == "reloaded" and a.get("replica") == "r1" for a in actions), actions
+    rollout = rt.store.read.open_rollout("clf", same)
+    assert rollout is not None
+    (step,) = rt.store.fleet.steps(rollout.id)
+    assert (step.strategy, step.roles) == ("canary", {"r0": "canary", "r1": "baseline", "r2": "stable"})
+    assert step.share == pytest.approx(1 / 3)
+
+    tick_until(rt, lambda: state_of(rt, "clf", same) == State.promoted, timeout=120)
+    tick_until(rt, lambda: served(tritons) == [{same}] * 3)
+    # The candidate was judged on its canary replica against the baseline replica, window by window.
+    cand = rt.store.read.probe_windows("clf", same, role="candidate", rollout_id=rollout.id)
+    base = rt.store.read.probe_windows("clf", stable, role="stable", rollout_id=rollout.id)
+    assert cand and base
+    assert all(set(w.raw["replicas"]) == {"r0"} and w.step == 0 for w in cand)
+    assert all(set(w.raw["replicas"]) == {"r1"} and w.step == 0 for w in base)
+    assert any(w.requests and w.p50_ms is not None for w in cand)  # r0's own counters, read per window
+
+
+def test_slow_candidate_is_rolled_back_on_every_replica(
+    rt: Runtime, repo: ModelRepository, tmp_path: Path, tritons: list[LocalTriton]
+) -> None:
+    stable = establish(rt, repo, tmp_path, tritons)
+    slow = publish(repo, tmp_path / "build", "clf", "slow")
+    tick_until(rt, lambda: state_of(rt, "clf", slow) == State.rolled_back, timeout=120)
+    assert served(tritons) == [{stable}] * 3
+    decision = rt.store.read.decisions("clf", slow)[-1]
+    assert decision.outcome == "rollback" and "latency" in (decision.reason or "").lower()
+
+
+def test_restarted_replica_is_repaired_and_a_dead_one_blocks_nobody(
+    rt: Runtime, repo: ModelRepository, tmp_path: Path, tritons: list[LocalTriton]
+) -> None:
+    stable = establish(rt, repo, tmp_path, tritons)
+    r2_grpc = tritons[2].state.grpc_url
+    tritons[2].__exit__(None, None, None)  # r2 dies
+    report = reconciler.tick(rt)
+    assert report.exit_code == 16 and any(r2_grpc in str(e) for e in report.errors), report.errors
+    health = rt.store.read.snapshot().replicas
+    assert health["r2"].reachable is False and health["r0"].reachable and health["r1"].reachable
+    # A new version still goes through on the two replicas left (blue-green: a canary needs three).
+    same = publish(repo, tmp_path / "build", "clf", "same")
+    tick_until(rt, lambda: state_of(rt, "clf", same) == State.promoted, timeout=120)
+    assert served(tritons[:2]) == [{same}] * 2
+    rollout_steps = rt.store.fleet.steps(rt.store.read.decisions("clf", same)[-1].rollout_id or 0)
+    assert rollout_steps[0].strategy == "bluegreen" and "3 reachable" in (rollout_steps[0].reason or "")
+    # r2 comes back empty (explicit mode loads nothing): one pass serves it the stable version.
+    tritons[2].__enter__()
+    assert served(tritons)[2] == set()
+    reconciler.tick(rt)
+    assert served(tritons) == [{same}] * 3
+    assert rt.store.read.snapshot().replicas["r2"].reachable
+    assert stable not in served(tritons)[2]
+
+
+def test_candidate_a_replica_cannot_load_fails_and_stable_keeps_serving_everywhere(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    """r0 (the replica preflights and canaries start on) has its own copy of the repository, without the
+    candidate: its load is refused, the version is failed, and every replica keeps serving stable."""
+    own = tmp_path / "r0-repository"
+    servers = [LocalTriton(own, state_dir=tmp_path / "r0")] + [
+        LocalTriton(repo.root, state_dir=tmp_path / f"r{i}") for i in (1, 2)
+    ]
+    stable = publish(repo, tmp_path / "build", "clf", "good")
+    shutil.copytree(repo.root, own)
+    try:
+        for server in servers:
+            server.__enter__()
+        fleet_file = tmp_path / "fleet.yaml"
+        fleet_file.write_text(fleet_file_text(replicas_of(servers)))
+        rt = fleet_runtime(tmp_path, repo, fleet_file)
+        try:
+            tick_until(rt, lambda: state_of(rt, "clf", stable) == State.promoted)
+            candidate = publish(repo, tmp_path / "build", "clf", "same")
+            tick_until(rt, lambda: state_of(rt, "clf", candidate) == State.failed)
+            assert served(servers) == [{stable}] * 3
+            record = rt.store.read.get_version("clf", candidate)
+            assert record is not None and "could not load" in (record.reason or "")
+        finally:
+            rt.close()
+    finally:
+        for server in servers:
+            server.__exit__(None, None, None)
+
+
+def test_dns_fleet_is_resolved_every_pass_through_a_real_dns_server(repo: ModelRepository, tmp_path: Path) -> None:
+    """Three Tritons on 127.0.0.11-13 with the same ports, found through A records, as pods behind a
+    headless Service; a replica whose record appears later is converged on the next pass."""
+    first = LocalTriton(repo.root, state_dir=tmp_path / "r0", host="127.0.0.11")
+    ports = first.ports
+    servers = [first] + [
+        LocalTriton(repo.root, state_dir=tmp_path / f"r{i}", host=f"127.0.0.{11 + i}", ports=ports) for i in (1, 2)
+    ]
+    version = publish(repo, tmp_path / "build", "clf", "good")
+    with DnsTestServer() as dns:
+        dns.set("triton.fleet.test", ["127.0.0.11", "127.0.0.12"])
+        fleet_file = tmp_path / "fleet.yaml"
+        fleet_file.write_text(
+            f"dns: {{name: triton.fleet.test, grpc_port: {ports.grpc}, metrics_port: {ports.metrics}, "
+            f"nameserver: '{dns.nameserver}'}}\n"
+        )
+        try:
+            for server in servers:
+                server.__enter__()
+            rt = fleet_runtime(tmp_path, repo, fleet_file)
+            try:
+                tick_until(rt, lambda: state_of(rt, "clf", version) == State.promoted)
+                assert served(servers) == [{version}, {version}, set()]  # the third has no record yet
+                dns.set("triton.fleet.test", ["127.0.0.11", "127.0.0.12", "127.0.0.13"])
+                reconciler.tick(rt)
+                assert served(servers) == [{version}] * 3
+                assert set(rt.store.read.snapshot().replicas) == {"127.0.0.11", "127.0.0.12", "127.0.0.13"}
+                dns.set("triton.fleet.test", [])
+                report = reconciler.tick(rt)
+                assert report.exit_code == 61 and any("no A or AAAA record" in str(e) for e in report.errors)
+                assert served(servers) == [{version}] * 3  # nothing is unloaded when the fleet cannot be seen
+            finally:
+                rt.close()
+        finally:
+            for server in servers:
+                server.__exit__(None, None, None)
