@@ -6,7 +6,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench reliability clean
+.PHONY: install system-deps demo test lint bench reliability clean
+
+# The local fleet (`shepherd fleet up`) runs HAProxy and Prometheus from Debian's packages.
+# Installed only when a binary is missing; a policy-rc.d that denies starting services is put in place
+# for the install (and removed after, if we put it there), so the packages leave no service running.
+FLEET_TOOLS := haproxy prometheus
+POLICY_RC   := /usr/sbin/policy-rc.d
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,10 +22,29 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+system-deps:
+	@missing=""; for tool in $(FLEET_TOOLS); do command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; done; \
+	missing="$${missing# }"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	echo "system-deps: $$missing missing; installing the Debian packages $(FLEET_TOOLS)"; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
+	else echo "error: $$missing missing and this is not root and there is no sudo: as root run" \
+	  "apt-get update && apt-get install -y --no-install-recommends $(FLEET_TOOLS)" >&2; exit 1; fi; \
+	guard=""; \
+	if [ ! -e $(POLICY_RC) ]; then \
+	  printf '#!/bin/sh\nexit 101\n' | $$sudo tee $(POLICY_RC) >/dev/null && $$sudo chmod 755 $(POLICY_RC) && guard=1; \
+	fi; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+	  && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(FLEET_TOOLS); \
+	status=$$?; \
+	if [ -n "$$guard" ]; then $$sudo rm -f $(POLICY_RC); fi; \
+	exit $$status
+
+demo: install system-deps
 	$(BIN)/shepherd demo
 
-test: install
+test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

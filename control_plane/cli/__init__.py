@@ -17,7 +17,7 @@ try:  # typer 0.2x vendors click: its usage errors are typer._click's classes, n
 except ImportError:  # an older typer runs on click itself
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from control_plane.cli import build_cmd, demo_cmd, history_cmd, rollout_cmd, triton_cmd
+from control_plane.cli import build_cmd, demo_cmd, fleet_cmd, history_cmd, rollout_cmd, triton_cmd
 from control_plane.cli.output import debug, print_error
 from shepherd_errors import ShepherdError
 
@@ -29,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(triton_cmd.app, name="triton")
+app.add_typer(fleet_cmd.app, name="fleet")
 app.add_typer(build_cmd.app, name="build")
 app.command("run")(rollout_cmd.run)
 app.command("tick")(rollout_cmd.tick)
