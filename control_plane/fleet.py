@@ -44,7 +44,7 @@ FLEET_KEYS = frozenset({"replicas", "dns"})
 FILE_KEYS = frozenset({*FLEET_KEYS, "metrics", "load_balancer"})
 REPLICA_KEYS = frozenset({"name", "grpc", "metrics"})
 DNS_KEYS = frozenset({"name", "grpc_port", "metrics_port", "nameserver", "timeout_seconds"})
-METRICS_KEYS = frozenset({"source", "url", "selector", "timeout_seconds"})
+METRICS_KEYS = frozenset({"source", "url", "selector", "timeout_seconds", "min_window_seconds"})
 BALANCER_KEYS = frozenset({"grpc", "http"})
 
 
@@ -145,6 +145,10 @@ class MetricsSource:
     url: str | None = None  # the Prometheus base URL (http://host:9090), for source prometheus
     selector: str = ""  # extra PromQL label matchers for Triton's series, e.g. 'job="triton"'
     timeout_s: float = 5.0
+    # Prometheus only: a window shorter than this (a few scrape intervals) has too few samples for
+    # increase(); its figures are deferred to the next window, which then starts where the last
+    # counted one ended, so no traffic is counted twice or lost.
+    min_window_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -308,6 +312,7 @@ def parse_metrics(data: Any, where: str = "metrics") -> MetricsSource:
         url=url.rstrip("/") if url else None,
         selector=selector.strip(),
         timeout_s=_seconds(data.get("timeout_seconds", 5.0), f"{where}.timeout_seconds"),
+        min_window_s=_seconds(data.get("min_window_seconds", 5.0), f"{where}.min_window_seconds"),
     )
 
 

@@ -38,6 +38,7 @@ class LiveWindow:
     stats: dict[tuple[str, str], WindowStats] = field(default_factory=dict)
     missing: tuple[str, ...] = ()  # replicas with no figures for this window
     errors: tuple[ShepherdError, ...] = ()
+    deferred: bool = False  # too short to read (Prometheus): its traffic is counted by the next window
 
     def of(self, replica: str, version: int) -> WindowStats | None:
         return self.stats.get((replica, str(version)))
@@ -53,7 +54,10 @@ class LiveMetrics(Protocol):
 
 def live_metrics(source: MetricsSource, store: Store, *, timeout_s: float) -> LiveMetrics:
     if source.source == "prometheus" and source.url is not None:
-        return PrometheusMetrics(PrometheusSource(source.url, selector=source.selector, timeout=source.timeout_s))
+        return PrometheusMetrics(
+            PrometheusSource(source.url, selector=source.selector, timeout=source.timeout_s),
+            min_window_s=source.min_window_s,
+        )
     return DirectMetrics(store, timeout_s=timeout_s)
 
 
@@ -132,6 +136,7 @@ class PrometheusMetrics:
     """Read the window through PromQL; each replica is the `instance` Prometheus scrapes it as."""
 
     source: PrometheusSource
+    min_window_s: float = 5.0
 
     def mark(self, model: str, replicas: Sequence[Replica]) -> tuple[ShepherdError, ...]:
         return ()  # Prometheus keeps the history itself
@@ -140,6 +145,8 @@ class PrometheusMetrics:
         end = time.time()
         by_instance = {r.metrics_instance: r.name for r in replicas}
         started = since.astimezone(UTC)
+        if end - started.timestamp() < self.min_window_s:
+            return LiveWindow(started, datetime.fromtimestamp(end, UTC), deferred=True)
         try:
             found = self.source.window(model, list(by_instance), started.timestamp(), end)
             up = self.source.up(list(by_instance))

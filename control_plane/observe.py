@@ -82,25 +82,26 @@ def observe_preflight(
 
 @dataclass(frozen=True)
 class Sides:
-    """Which replicas a window probes each version on, and which of them could not be reached."""
+    """Which replicas a window probes each version on, and which of each side could not be reached."""
 
     candidate: tuple[Replica, ...]
     stable: tuple[Replica, ...]
-    unreachable: tuple[str, ...] = ()
+    candidate_lost: tuple[str, ...] = ()
+    stable_lost: tuple[str, ...] = ()
 
 
 def sides(step: RolloutStepRecord, replicas: dict[str, Replica]) -> Sides:
     """Canary: the candidate on the canary replicas, stable on the baseline replicas. Bluegreen:
     both on every replica taking traffic (stable's figures there only give agreement)."""
-    if step.strategy == "canary":
-        cand, base = step.replicas("canary"), step.replicas("baseline")
-    else:
-        cand = base = tuple(sorted(set(step.replicas("bluegreen")) | set(step.replicas("stable"))))
-    wanted = set(cand) | set(base)
+    if step.strategy != "canary":  # every reachable replica serves both; one that is down serves nobody
+        everywhere = tuple(replicas[n] for n in sorted(replicas))
+        return Sides(candidate=everywhere, stable=everywhere)
+    cand, base = step.replicas("canary"), step.replicas("baseline")
     return Sides(
         candidate=tuple(replicas[n] for n in cand if n in replicas),
         stable=tuple(replicas[n] for n in base if n in replicas),
-        unreachable=tuple(sorted(n for n in wanted if n not in replicas)),
+        candidate_lost=tuple(n for n in cand if n not in replicas),
+        stable_lost=tuple(n for n in base if n not in replicas),
     )
 
 
@@ -120,22 +121,30 @@ def observe_step(
     the live figures of each side since the step's previous window; one window stored per version.
 
     Until both versions' quality was measured in this step, a window sends the quality rows (the
-    same inputs to both); later ones rotate through slices of the golden set.
+    same inputs to both); later ones rotate through slices of the golden set. A replica of either
+    side that cannot be reached is stored as missing in the window (the judge waits, never passes
+    on what it could not see); with a whole side gone, nothing is probed.
     """
     model = candidate.model
     where = sides(step, replicas)
+    lost = sorted({*where.candidate_lost, *where.stable_lost})
     errors: list[ShepherdError] = [
         TritonUnreachable(f"replica {name} ({step.role_of(name)} in step {step.step} of {model}) is unreachable")
-        for name in where.unreachable
+        for name in lost
     ]
+    seen = rt.store.read.probe_windows(model, candidate.version, role="candidate", rollout_id=rollout_id, step=step.step)
+    counted = [w for w in seen if not w.raw.get("live_deferred")]
+    since = counted[-1].ended_at if counted else step.started_at  # deferred windows are counted by this one
     if not where.candidate or not where.stable:
+        empty = LiveWindow(started_at=since, ended_at=max(rt.now(), since))
+        for record, role, gone in ((candidate, "candidate", where.candidate_lost), (stable, "stable", where.stable_lost)):
+            _store_window(
+                rt, record, role=role, rollout_id=rollout_id, step=step.step, run=None, quality=None,
+                agreement=None, window=empty, on=(), lost=gone,
+            )  # fmt: skip
         return Observed(errors=tuple(errors))
-    seen = rt.store.read.probe_windows(
-        model, candidate.version, role="candidate", rollout_id=rollout_id, step=step.step
-    )
     measured = any(w.quality is not None for w in seen)
     inputs = golden_sets.rows(golden, len(seen), policy.probe_rows) if measured else golden_sets.quality_inputs(golden)
-    since = seen[-1].ended_at if seen else step.started_at
     targets = [(r.grpc, candidate.version) for r in where.candidate] + [(r.grpc, stable.version) for r in where.stable]
     runs = send_interleaved(
         targets, model, inputs, batch_size=policy.probe_batch_size, timeout_s=policy.probe_timeout_seconds
@@ -148,9 +157,9 @@ def observe_step(
     agree = None
     if cand_run.outputs is not None and stable_run.outputs is not None:
         agree = golden_sets.agreement(golden, cand_run.outputs, stable_run.outputs)
-    for record, run, on, role in (
-        (candidate, cand_run, where.candidate, "candidate"),
-        (stable, stable_run, where.stable, "stable"),
+    for record, run, on, role, gone in (
+        (candidate, cand_run, where.candidate, "candidate", where.candidate_lost),
+        (stable, stable_run, where.stable, "stable", where.stable_lost),
     ):
         quality = golden_sets.score(golden, run.outputs) if not measured and run.outputs is not None else {}
         _store_window(
@@ -164,6 +173,7 @@ def observe_step(
             agreement=agree if role == "candidate" else None,
             window=window,
             on=on,
+            lost=gone,
         )
     return Observed(agreement=agree, errors=tuple(errors))
 
@@ -231,20 +241,23 @@ def _store_window(
     role: str,
     rollout_id: int,
     step: int,
-    run: ProbeRun,
+    run: ProbeRun | None,
     quality: float | None,
     agreement: float | None,
     window: LiveWindow,
     on: tuple[Replica, ...],
+    lost: tuple[str, ...] = (),
 ) -> None:
-    """One version's window: its probes, and its live figures summed over `on` (missing if any replica's are)."""
-    missing = sorted(r.name for r in on if r.name in window.missing)
+    """One version's window: its probes, and its live figures summed over `on`; missing when any
+    replica's figures are, or when a replica of its side (`lost`) could not be reached at all."""
+    missing = sorted({*(r.name for r in on if r.name in window.missing), *lost})
     per_replica = {r.name: window.of(r.name, record.version) for r in on}
     server = None if missing else combined([s for s in per_replica.values() if s is not None])
     figures = probe_figures(run, quality=quality, agreement=agreement, server=server)
     figures["step"] = step
     figures["raw"]["replicas"] = {name: (s.as_dict() if s is not None else None) for name, s in per_replica.items()}
     figures["raw"]["live_missing"] = missing
+    figures["raw"]["live_deferred"] = window.deferred
     rt.store.evidence.add_probe_window(
         record.model,
         record.version,
@@ -350,6 +363,8 @@ def evidence_from_windows(version: int, windows: list[ProbeWindowRecord]) -> Evi
     server_p95 = [p for p in (_count(w.p95_ms) for w in windows) if p is not None]
     for w in windows:
         samples.extend(s for s in (_count(x) for x in (w.samples or ())) if s is not None)
+        if w.raw.get("live_deferred"):
+            continue  # its traffic, the probes' included, is in the next live window's counts
         counts = _server_counts(w)
         probe_requests, probe_errors = _count(w.requests) or 0.0, _count(w.errors) or 0.0
         probe_errors = min(probe_errors, probe_requests)
@@ -359,7 +374,8 @@ def evidence_from_windows(version: int, windows: list[ProbeWindowRecord]) -> Evi
         else:
             requests += probe_requests
             errors += probe_errors
-    last_missing = windows[-1].raw.get("live_missing") if windows and isinstance(windows[-1].raw, dict) else None
+    read = [w for w in windows if not w.raw.get("live_deferred")]
+    last_missing = read[-1].raw.get("live_missing") if read else None
     return Evidence(
         version=version,
         latencies_ms=tuple(samples),

@@ -15,8 +15,9 @@ import pytest
 
 from builders.repository import ModelRepository
 from control_plane import reconciler
-from control_plane.fleet import Replica, fleet_file_text
-from control_plane.local_triton import LocalTriton
+from control_plane.errors import TritonUnreachable
+from control_plane.fleet import MetricsSource, Replica, fleet_file_text
+from control_plane.local_triton import LocalTriton, free_ports
 from control_plane.runtime import Runtime, open_runtime
 from control_plane.settings import load_settings
 from control_plane.store.models import State
@@ -67,13 +68,20 @@ def rt(tritons: list[LocalTriton], repo: ModelRepository, tmp_path: Path) -> Ite
     runtime.close()
 
 
-def served(tritons: list[LocalTriton], model: str = "clf") -> list[set[int]]:
+def served(tritons: list[LocalTriton], model: str = "clf") -> list[set[int] | None]:
     """What each replica serves, read from each replica itself."""
-    out = []
-    for triton in tritons:
-        admin = TritonAdmin(triton.state.grpc_url)
+    return served_at([t.state.grpc_url for t in tritons], model)
+
+
+def served_at(addresses: list[str], model: str = "clf") -> list[set[int] | None]:
+    """What each address serves; None for one that does not answer (yet)."""
+    out: list[set[int] | None] = []
+    for address in addresses:
+        admin = TritonAdmin(address)
         try:
             out.append(admin.ready_versions(model))
+        except TritonUnreachable:
+            out.append(None)
         finally:
             admin.close()
     return out
@@ -215,3 +223,29 @@ def test_dns_fleet_is_resolved_every_pass_through_a_real_dns_server(repo: ModelR
         finally:
             for server in servers:
                 server.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("source", ["direct", "prometheus"])
+def test_live_metrics_that_cannot_be_read_never_promote(
+    source: str, repo: ModelRepository, tmp_path: Path, triton: LocalTriton
+) -> None:
+    """An identical candidate whose live figures cannot be read (its metrics endpoint, or Prometheus,
+    is down) is never promoted on its probes alone: it waits, and its time limit rolls it back."""
+    closed = f"127.0.0.1:{free_ports(1)[0]}"
+    replica = Replica("r0", triton.state.grpc_url, closed if source == "direct" else f"127.0.0.1:{triton.state.metrics_port}")
+    fleet_file = tmp_path / "fleet.yaml"
+    metrics = MetricsSource("prometheus", f"http://{closed}", min_window_s=1.0) if source == "prometheus" else None
+    fleet_file.write_text(fleet_file_text([replica], metrics=metrics))
+    rt = fleet_runtime(tmp_path, repo, fleet_file, policy=FAST_POLICY + "  max_canary_seconds: 12\n")
+    try:
+        stable = publish(repo, tmp_path / "build", "clf", "good")
+        tick_until(rt, lambda: state_of(rt, "clf", stable) == State.promoted)
+        same = publish(repo, tmp_path / "build", "clf", "same")
+        actions = tick_until(rt, lambda: state_of(rt, "clf", same) in (State.promoted, State.rolled_back), timeout=90)
+        assert state_of(rt, "clf", same) == State.rolled_back, actions
+        decision = rt.store.read.decisions("clf", same)[-1]
+        assert "no live figures from replica(s) r0" in (decision.reason or ""), decision.reason
+        live = next(c for c in decision.checks["checks"] if c["name"] == "live metrics")
+        assert live["status"] == "insufficient"
+    finally:
+        rt.close()
