@@ -25,6 +25,7 @@ from control_plane.triton_admin import TritonAdmin
 from tests.classifier_models import publish
 from tests.conftest import HISTORIES
 from tests.dns_server import DnsTestServer
+from tests.test_cli_errors import fails_with, shepherd
 from tests.test_control_plane import FAST_POLICY, state_of, tick_until
 
 pytestmark = pytest.mark.triton
@@ -249,3 +250,22 @@ def test_live_metrics_that_cannot_be_read_never_promote(
         assert live["status"] == "insufficient"
     finally:
         rt.close()
+
+
+def test_tick_with_a_fleet_file_converges_every_replica_and_reports_a_dead_one(
+    tritons: list[LocalTriton], repo: ModelRepository, tmp_path: Path
+) -> None:
+    """`shepherd tick --fleet FILE` (as a CronJob runs it): the first version on every replica; a fleet
+    file naming a replica that does not answer exits 16 naming it, after converging the others."""
+    version = publish(repo, tmp_path / "build", "clf", "good")
+    fleet_file = tmp_path / "fleet.yaml"
+    dead = Replica("r3", f"127.0.0.1:{free_ports(1)[0]}", f"127.0.0.1:{free_ports(1)[0]}")
+    fleet_file.write_text(fleet_file_text([*replicas_of(tritons), dead]))
+    where = ["--repo", str(repo.root), "--db", f"sqlite:///{tmp_path / 'cli.db'}", "--fleet", str(fleet_file)]
+    HISTORIES.append(f"sqlite:///{tmp_path / 'cli.db'}")
+    for _ in range(3):
+        run = shepherd(tmp_path, "tick", *where)
+    fails_with(run, 16, dead.grpc)
+    assert served(tritons) == [{version}] * 3
+    listing = shepherd(tmp_path, "tick", "--json", *where)
+    assert listing.returncode == 16 and '"replica down"' not in listing.stdout  # recorded once, when it changed

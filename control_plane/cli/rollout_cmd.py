@@ -1,8 +1,9 @@
 """`shepherd run|tick|promote|rollback|pin`: the control plane from the command line.
 
-Connection settings come from `--repo/--triton-grpc/--triton-metrics/--db`, else the environment
-(SHEPHERD_REPO, SHEPHERD_TRITON_GRPC, SHEPHERD_TRITON_METRICS, SHEPHERD_DB), else shepherd.yaml,
-else embedded defaults (model_repository, 127.0.0.1:8001, 127.0.0.1:8002, sqlite:///shepherd.db).
+Connection settings come from `--repo/--triton-grpc/--triton-metrics/--db/--fleet`, else the environment
+(SHEPHERD_REPO, SHEPHERD_TRITON_GRPC, SHEPHERD_TRITON_METRICS, SHEPHERD_DB, SHEPHERD_FLEET), else
+shepherd.yaml, else embedded defaults (model_repository, 127.0.0.1:8001, 127.0.0.1:8002, sqlite:///shepherd.db).
+A fleet (`--fleet FILE`, SHEPHERD_FLEET or `fleet:` in shepherd.yaml) replaces the single Triton.
 """
 
 from __future__ import annotations
@@ -29,15 +30,35 @@ Repo = Annotated[Path | None, typer.Option("--repo", help="Triton model reposito
 Grpc = Annotated[str | None, typer.Option("--triton-grpc", help="Triton gRPC HOST:PORT.")]
 Metrics = Annotated[str | None, typer.Option("--triton-metrics", help="Triton metrics HOST:PORT.")]
 Db = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL of the history database.")]
+FleetFile = Annotated[
+    Path | None,
+    typer.Option("--fleet", help="Fleet file: the Triton replicas (a list or a DNS name) and their metrics source."),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 Actor = Annotated[str | None, typer.Option("--actor", help="Who asks (default: the login name).")]
 Reason = Annotated[str, typer.Option("--reason", help="Why; kept in the audit trail.")]
 
 
-def _runtime(config: Path | None, repo: Path | None, grpc: str | None, metrics: str | None, db: str | None) -> Runtime:
+Connection = tuple[Path | None, Path | None, str | None, str | None, str | None, Path | None]
+
+
+def _runtime(
+    config: Path | None,
+    repo: Path | None,
+    grpc: str | None,
+    metrics: str | None,
+    db: str | None,
+    fleet: Path | None = None,
+) -> Runtime:
     overrides: dict[str, Any] = {
         key: value
-        for key, value in {"repo": repo, "triton_grpc": grpc, "triton_metrics": metrics, "db_url": db}.items()
+        for key, value in {
+            "repo": repo,
+            "triton_grpc": grpc,
+            "triton_metrics": metrics,
+            "db_url": db,
+            "fleet": fleet,
+        }.items()
         if value is not None
     }
     return open_runtime(load_settings(config, overrides=overrides))
@@ -54,7 +75,7 @@ def _actor(actor: str | None) -> str:
 
 def _act(
     action: Callable[[Runtime], TickReport],
-    connection: tuple[Path | None, Path | None, str | None, str | None, str | None],
+    connection: Connection,
     as_json: bool,
 ) -> None:
     """Open the runtime, run one action, close it, and print what the action did."""
@@ -92,10 +113,11 @@ def tick(
     triton_grpc: Grpc = None,
     triton_metrics: Metrics = None,
     db: Db = None,
+    fleet: FleetFile = None,
     as_json: Json = False,
 ) -> None:
     """Run one full cycle (reconcile, probe, judge) and exit: for cron and Kubernetes CronJobs."""
-    _act(reconciler.tick, (config, repo, triton_grpc, triton_metrics, db), as_json)
+    _act(reconciler.tick, (config, repo, triton_grpc, triton_metrics, db, fleet), as_json)
 
 
 def run(
@@ -104,15 +126,16 @@ def run(
     triton_grpc: Grpc = None,
     triton_metrics: Metrics = None,
     db: Db = None,
+    fleet: FleetFile = None,
     max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop after this long.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the scheduled control plane until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    rt = _runtime(config, repo, triton_grpc, triton_metrics, db)
+    rt = _runtime(config, repo, triton_grpc, triton_metrics, db, fleet)
     console.print(
-        f"shepherd running: repository {rt.settings.repo}, Triton {rt.settings.triton_grpc}, "
-        f"history {rt.store.safe_url}"
+        f"shepherd running: repository {rt.settings.repo}, fleet {rt.settings.fleet.describe()}, "
+        f"metrics {rt.settings.metrics.source}, history {rt.store.safe_url}"
     )
     try:
         scheduler.run_forever(rt, max_seconds=max_seconds)
@@ -133,11 +156,12 @@ def _manual_command(act: Callable[..., TickReport], default_reason: str, doc: st
         triton_grpc: Grpc = None,
         triton_metrics: Metrics = None,
         db: Db = None,
+        fleet: FleetFile = None,
         as_json: Json = False,
     ) -> None:
         _act(
             lambda rt: act(rt, model, version, actor=_actor(actor), reason=reason),
-            (config, repo, triton_grpc, triton_metrics, db),
+            (config, repo, triton_grpc, triton_metrics, db, fleet),
             as_json,
         )
 
@@ -162,6 +186,7 @@ def pin(
     triton_grpc: Grpc = None,
     triton_metrics: Metrics = None,
     db: Db = None,
+    fleet: FleetFile = None,
     as_json: Json = False,
 ) -> None:
     """Serve only VERSION of MODEL and pause its rollouts (`--clear` resumes)."""
@@ -169,6 +194,6 @@ def pin(
         raise typer.BadParameter("give a VERSION, or --clear to remove the pin")
     _act(
         lambda rt: manual.manual_pin(rt, model, None if clear else version, actor=_actor(actor), reason=reason),
-        (config, repo, triton_grpc, triton_metrics, db),
+        (config, repo, triton_grpc, triton_metrics, db, fleet),
         as_json,
     )
