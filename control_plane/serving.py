@@ -18,6 +18,9 @@ from control_plane.errors import TritonLoadFailed
 from control_plane.triton_admin import IndexEntry, TritonAdmin
 
 
+FRESH_PARAMETER = "shepherd_fresh"  # set on a reload so Triton loads afresh (an unchanged config is skipped)
+
+
 @dataclass(frozen=True)
 class Served:
     """The outcome of one `converge`: what was loaded or unloaded, how long it took, what failed."""
@@ -48,8 +51,10 @@ def converge(
 ) -> Served:
     """Serve exactly `wanted` (nothing when empty); `live` is what the index said was READY.
 
-    With `reload`, the load is sent even when `wanted` already serves: Triton loads the versions
-    afresh beside the running ones and swaps them in, which is how a canary's baseline replicas
+    With `reload`, the load is sent even when `wanted` already serves, with a config that differs
+    by one parameter (`shepherd_fresh`): Triton skips a load whose config and files are unchanged
+    (seen on 2.51: same stub processes), but reloads on a changed config, loading the versions
+    afresh beside the running ones and swapping them in. That is how a canary's baseline replicas
     get a stable version as fresh as the candidate (Kayenta's fresh baseline), without a gap.
 
     The load itself moves request routing atomically (Triton's load is all-or-nothing: a refused
@@ -65,7 +70,10 @@ def converge(
         admin.unload(model)
         return Served(model, target, before, changed=True, seconds=time.monotonic() - started)
     try:
-        admin.load_versions(model, config(), target)
+        override = config()
+        if reload:
+            override.parameters[FRESH_PARAMETER].string_value = str(time.time_ns())
+        admin.load_versions(model, override, target)
     except TritonLoadFailed as exc:
         unavailable = frozenset(
             e.version

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as grpcclient
 
 from builders.repository import ModelRepository
 from control_plane import reconciler
@@ -19,6 +20,7 @@ from control_plane.errors import TritonUnreachable
 from control_plane.fleet import MetricsSource, Replica, fleet_file_text
 from control_plane.local_triton import LocalTriton, free_ports
 from control_plane.runtime import Runtime, open_runtime
+from control_plane.serving import FRESH_PARAMETER
 from control_plane.settings import load_settings
 from control_plane.store.models import State
 from control_plane.triton_admin import TritonAdmin
@@ -104,6 +106,9 @@ def test_identical_candidate_goes_canary_baseline_then_every_replica(
     # Step 0 on three replicas: one canary, one freshly reloaded baseline, one plain stable.
     assert served(tritons) == [{stable, same}, {stable}, {stable}]
     assert any(a["action"] == "reloaded" and a.get("replica") == "r1" for a in actions), actions
+    # Really reloaded: Triton skips a load with an unchanged config, so the baseline's carries a fresh mark.
+    configs = [grpcclient.InferenceServerClient(t.state.grpc_url).get_model_config("clf").config for t in tritons]
+    assert [FRESH_PARAMETER in c.parameters for c in configs] == [False, True, False]
     rollout = rt.store.read.open_rollout("clf", same)
     assert rollout is not None
     (step,) = rt.store.fleet.steps(rollout.id)
