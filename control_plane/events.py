@@ -29,6 +29,7 @@ from control_plane.runtime import Runtime
 from control_plane.store.lifecycle import SYSTEM_ACTOR
 from control_plane.store.models import State
 from control_plane.store.records import Decision
+from shepherd_errors import ShepherdError
 
 log = logging.getLogger("shepherd")
 
@@ -90,6 +91,8 @@ def enter(
             report.fail(
                 TritonUnreachable(f"{model} v{version} {state} recorded; the next pass converges Triton: {exc}")
             )
+        except ShepherdError as exc:  # the fleet cannot be resolved, a store read failed: recorded, alerted
+            report.fail(exc)
     event = EVENT_OF_STATE.get(state)
     severity = EVENT_SEVERITY[event] if event is not None else "info"
     log.log(logging.WARNING if severity != "info" else logging.INFO, "%s %s v%s: %s", state, model, version, reason)

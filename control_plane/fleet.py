@@ -349,6 +349,8 @@ def fleet_file_text(
             data["metrics"]["selector"] = metrics.selector
         if metrics.timeout_s != MetricsSource.timeout_s:
             data["metrics"]["timeout_seconds"] = metrics.timeout_s
+        if metrics.min_window_s != MetricsSource.min_window_s:
+            data["metrics"]["min_window_seconds"] = metrics.min_window_s
     if load_balancer:
         data["load_balancer"] = dict(load_balancer)
     return yaml.safe_dump(data, sort_keys=False)

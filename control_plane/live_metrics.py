@@ -103,7 +103,7 @@ class DirectMetrics:
             end = scraped[replica.name]
             if isinstance(end, ProbeError):
                 errors.append(end)
-                missing.append(replica.name)  # its mark stays: the next window covers this one's traffic
+                missing.append(replica.name)
                 continue
             new_marks[replica.name] = (datetime.fromtimestamp(end.taken_at, UTC), counters_of(end, model))
             mark = marks.get(replica.name)
@@ -121,7 +121,8 @@ class DirectMetrics:
             for (name, version), figures in per_version.items():
                 if name == model:
                     stats[(replica.name, version)] = figures
-        self.store.fleet.put_marks(model, new_marks)
+        if not missing:  # else every mark stays: the next window covers this one's traffic on every replica
+            self.store.fleet.put_marks(model, new_marks)
         return LiveWindow(
             started_at=min(starts),
             ended_at=datetime.now(UTC),

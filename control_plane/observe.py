@@ -129,12 +129,12 @@ def observe_step(
     where = sides(step, replicas)
     lost = sorted({*where.candidate_lost, *where.stable_lost})
     errors: list[ShepherdError] = [
-        TritonUnreachable(f"replica {name} ({step.role_of(name)} in step {step.step} of {model}) is unreachable")
+        TritonUnreachable(f"replica {name} ({step.role_of(name)} in step {step.step + 1} of {model}) is unreachable")
         for name in lost
     ]
     seen = rt.store.read.probe_windows(model, candidate.version, role="candidate", rollout_id=rollout_id, step=step.step)
-    counted = [w for w in seen if not w.raw.get("live_deferred")]
-    since = counted[-1].ended_at if counted else step.started_at  # deferred windows are counted by this one
+    counted = [w for w in seen if _complete(w)]
+    since = counted[-1].ended_at if counted else step.started_at  # deferred or incomplete ones: counted by this one
     if not where.candidate or not where.stable:
         empty = LiveWindow(started_at=since, ended_at=max(rt.now(), since))
         for record, role, gone in ((candidate, "candidate", where.candidate_lost), (stable, "stable", where.stable_lost)):
@@ -363,8 +363,8 @@ def evidence_from_windows(version: int, windows: list[ProbeWindowRecord]) -> Evi
     server_p95 = [p for p in (_count(w.p95_ms) for w in windows) if p is not None]
     for w in windows:
         samples.extend(s for s in (_count(x) for x in (w.samples or ())) if s is not None)
-        if w.raw.get("live_deferred"):
-            continue  # its traffic, the probes' included, is in the next live window's counts
+        if not _complete(w):
+            continue  # its traffic, the probes' included, is in the next complete window's counts
         counts = _server_counts(w)
         probe_requests, probe_errors = _count(w.requests) or 0.0, _count(w.errors) or 0.0
         probe_errors = min(probe_errors, probe_requests)
@@ -386,6 +386,15 @@ def evidence_from_windows(version: int, windows: list[ProbeWindowRecord]) -> Evi
         server_p95_ms=server_p95[-1] if server_p95 else None,
         missing=tuple(str(name) for name in last_missing) if isinstance(last_missing, list) else (),
     )
+
+
+def _complete(window: ProbeWindowRecord) -> bool:
+    """A window whose live figures were read from every replica of its side (not deferred, none missing).
+
+    The next window of a step starts where the last complete one ended, so the traffic of an
+    incomplete one is counted there, once; the judge counts only complete windows.
+    """
+    return not window.raw.get("live_deferred") and not window.raw.get("live_missing")
 
 
 def _finite(value: Any) -> float | None:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from builders.errors import BuilderError
@@ -164,6 +164,11 @@ def record_fleet_health(rt: Runtime, report: TickReport, world: World) -> None:
             )
             if known is not None:
                 report.add("replica " + ("back" if view.reachable else "down"), view.name, None)
+    present = {v.name for v in world.replicas}
+    for name, known in world.store.replicas.items():
+        if name not in present and known.reachable:  # it left the fleet (a DNS record gone, a list edited)
+            changes.append((name, known.grpc, known.metrics, False, "no longer in the fleet"))
+            report.add("replica gone", name, None)
     rt.store.fleet.record_health(changes)
 
 
@@ -273,6 +278,26 @@ def serve_now(
     return converge_fleet(rt, report, rt.store.read.snapshot(), views, model, wait=wait, reload=reload)
 
 
+def serve_or_fail(
+    rt: Runtime, report: TickReport, model: str, *, wait: bool = True, reload: Iterable[str] = ()
+) -> list[serving.Served]:
+    """`serve_now`, and a candidate some replica refused to load is failed at once (stable keeps
+    serving everywhere, the next converge unloads it wherever it did load)."""
+    served = serve_now(rt, report, model, wait=wait, reload=reload)
+    refused = [s for s in served if s.refused is not None]
+    if not refused:
+        return served
+    store = rt.store.read.snapshot()
+    culprit = next((c for c in (failed_candidate(store, model, s) for s in refused) if c is not None), None)
+    record = store.get(model, culprit) if culprit is not None else None
+    if record is None or record.state != State.canary:
+        for s in refused:
+            report.fail(s.refused)  # type: ignore[arg-type]
+        return served
+    fail(rt, report, model, record.version, refused[0].refused)  # type: ignore[arg-type]
+    return serve_now(rt, report, model)
+
+
 def failed_candidate(store: StoreSnapshot, model: str, served: serving.Served) -> int | None:
     """The version to blame for a refused load: one Triton marks UNAVAILABLE, else the newest non-stable one."""
     stable = store.stable(model)
@@ -353,12 +378,16 @@ def live_metrics(rt: Runtime) -> LiveMetrics:
 def run_preflight(
     rt: Runtime, report: TickReport, world: World, record: VersionRecord, stable: VersionRecord | None
 ) -> None:
-    """Probe the candidate alone under its preflight alias on one replica (no client traffic), decide, act."""
+    """Probe the candidate alone under its preflight alias on one replica (no client traffic), decide, act.
+
+    `world.reachable[-1]`: canary and baseline roles go to the first replicas in fleet order, so
+    the alias's extra load never sits on a replica about to be judged.
+    """
     model, version = record.model, record.version
     policy = rt.settings.policy_for(model)
     golden, unprobed = preflight_inputs(rt, record)
     if golden is not None:
-        replica = world.reachable[0].replica
+        replica = world.reachable[-1].replica
         try:
             with preflight_alias(rt, report, record, replica) as alias:
                 observe.observe_preflight(rt, alias=alias, record=record, golden=golden, policy=policy, replica=replica)
@@ -426,11 +455,11 @@ def preflight_alias(rt: Runtime, report: TickReport, record: VersionRecord, repl
 def first_step(policy: Policy, replicas: Sequence[str]) -> tuple[str, float, dict[str, str], str]:
     """(strategy, share, roles, reason) of a rollout's first step on the replicas reachable now.
 
-    canary: the first k replicas (by name) take the candidate, the next k reload stable as the
-    baseline, the rest serve stable. bluegreen: step 0 only observes stable under all traffic
+    canary: the first k replicas (in fleet order: the list's, or DNS addresses sorted) take the
+    candidate, the next k reload stable as the baseline, the rest serve stable. bluegreen: step 0 only observes stable under all traffic
     (the cut-over is step 1). `auto` picks canary from 3 reachable replicas on.
     """
-    names = sorted(replicas)
+    names = list(replicas)
     wanted = policy.strategy
     if wanted in ("auto", "canary") and len(names) < 3:
         return (
@@ -448,9 +477,7 @@ def first_step(policy: Policy, replicas: Sequence[str]) -> tuple[str, float, dic
 def canary_step(policy: Policy, names: Sequence[str], index: int) -> tuple[str, float, dict[str, str], str]:
     sizes = policy.canary_sizes(len(names))
     k = sizes[min(index, len(sizes) - 1)]
-    roles = {
-        name: ("canary" if i < k else "baseline" if i < 2 * k else "stable") for i, name in enumerate(sorted(names))
-    }
+    roles = {name: ("canary" if i < k else "baseline" if i < 2 * k else "stable") for i, name in enumerate(names)}
     return (
         "canary",
         k / len(names),
@@ -471,15 +498,17 @@ def start_canary(
     model = record.model
     policy = rt.settings.policy_for(model)
     strategy, share, roles, why = first_step(policy, [v.name for v in world.reachable])
+    current = rt.store.read.get_version(model, record.version)
+    preflight_started = current.state_changed_at if current is not None else record.state_changed_at
 
     def open_rollout() -> dict[str, Any]:
         rollout = rt.store.lifecycle.start_rollout(model, record.version, stable.version)
         step = rt.store.fleet.add_step(rollout, 0, strategy=strategy, share=share, roles=roles, reason=why)
         report.add("step", model, record.version, step=0, strategy=strategy, share=round(share, 3), roles=roles)
         if strategy == "bluegreen":
-            cut_over(rt, report, record, stable, rollout, step, since=record.state_changed_at)
+            cut_over(rt, report, record, stable, rollout, step, since=preflight_started)
         else:
-            serve_now(rt, report, model, reload=step.replicas("baseline"))
+            serve_or_fail(rt, report, model, reload=step.replicas("baseline"))
         return {"rollout": rollout}
 
     enter(rt, report, model, record.version, State.canary, verdict=verdict, then=open_rollout)
@@ -499,6 +528,9 @@ def cut_over(
     model = record.model
     golden = golden_sets.golden_for(rt.repo, model, record.version)
     views = {v.name: v.replica for v in fleet_now(rt) if v.reachable}
+    # Stable served alone before the preflight too: a window shorter than Prometheus can read
+    # reaches back to min_window_seconds, still all before the cut-over.
+    since = min(since, rt.now() - timedelta(seconds=rt.settings.metrics.min_window_s))
     if golden is not None:
         observed = observe.observe_baseline(
             rt,
@@ -517,7 +549,7 @@ def cut_over(
         rollout, 1, strategy="bluegreen", share=1.0, roles=dict.fromkeys(views, "bluegreen"), reason="cut-over"
     )
     report.add("step", model, record.version, step=1, strategy="bluegreen", share=1.0)
-    serve_now(rt, report, model, wait=False)
+    serve_or_fail(rt, report, model, wait=False)
 
 
 def record_wait(
@@ -557,7 +589,11 @@ def probe_canary(
     step: RolloutStepRecord,
 ) -> None:
     """Make sure every replica serves its role's versions, then observe both sides with the same golden inputs."""
-    serve_now(rt, report, candidate.model)
+    serve_or_fail(rt, report, candidate.model)
+    if (
+        record := rt.store.read.get_version(candidate.model, candidate.version)
+    ) is None or record.state != State.canary:
+        return  # a replica refused it: failed
     golden = golden_sets.golden_for(rt.repo, candidate.model, candidate.version)
     if golden is None:
         return  # preflight rejects a version without a golden set; the canary waits, then times out
@@ -657,10 +693,18 @@ def next_canary_step(
     """Widen a passing canary to its next step; False when this was the last step (promote)."""
     names = [v.name for v in fleet_now(rt) if v.reachable]
     policy = rt.settings.policy_for(candidate.model)
-    sizes = policy.canary_sizes(len(names))
+    sizes = policy.canary_sizes(max(len(names), 3))
     done = len(step.replicas("canary"))
-    if len(names) < 3 or not any(k > done for k in sizes):
-        return False
+    if not any(k > done for k in sizes):
+        return False  # the last step passed: promote
+    if len(names) < 3:  # more steps were planned, but the fleet cannot hold them now: evidence is missing
+        verdict = Verdict(
+            WAIT,
+            f"step {step.step + 1} passed, but {len(names)} reachable replica(s) cannot hold the next step",
+            verdict.checks,
+        )
+        record_wait(rt, report, candidate, verdict, rollout_id=rollout.id)
+        return True
     index = next(i for i, k in enumerate(sizes) if k > done)
     strategy, share, roles, why = canary_step(policy, names, index)
     rt.store.fleet.add_step(rollout.id, step.step + 1, strategy=strategy, share=share, roles=roles, reason=why)
@@ -672,7 +716,7 @@ def next_canary_step(
         rollout_id=rollout.id,
     )
     new = rt.store.read.snapshot().step(rollout.id)
-    serve_now(rt, report, candidate.model, reload=new.replicas("baseline") if new is not None else ())
+    serve_or_fail(rt, report, candidate.model, reload=new.replicas("baseline") if new is not None else ())
     report.add(
         "step",
         candidate.model,
@@ -709,7 +753,11 @@ def _canaries(
         step = store.step(rollout.id) if rollout is not None else None
         if rollout is None or step is None:
             rollout_id = rt.store.lifecycle.start_rollout(record.model, record.version, stable.version)
-            names = [v.name for v in fleet_now(rt) if v.reachable]
+            try:
+                names = [v.name for v in fleet_now(rt) if v.reachable]
+            except ShepherdError as exc:  # no fleet to place it on now: the next pass tries again
+                report.fail(exc)
+                continue
             strategy, share, roles, why = first_step(rt.settings.policy_for(record.model), names)
             step = rt.store.fleet.add_step(rollout_id, 0, strategy=strategy, share=share, roles=roles, reason=why)
             rollout = rt.store.read.open_rollout(record.model, record.version)

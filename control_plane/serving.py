@@ -17,7 +17,6 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 from control_plane.errors import TritonLoadFailed
 from control_plane.triton_admin import IndexEntry, TritonAdmin
 
-
 FRESH_PARAMETER = "shepherd_fresh"  # set on a reload so Triton loads afresh (an unchanged config is skipped)
 
 
@@ -81,6 +80,16 @@ def converge(
             if e.model == model and e.version in target and e.state == "UNAVAILABLE" and e.version is not None
         )
         return Served(model, target, before, refused=exc, unavailable=unavailable)
+    # Triton loads the versions of a `specific` policy that it finds and skips missing folders
+    # without an error (seen on 2.51: a replica whose repository lacks the candidate "loads" it in
+    # 12 ms and serves stable only). A wanted version that is not READY now was refused.
+    absent = target - admin.ready_versions(model)
+    if absent:
+        refusal = TritonLoadFailed(
+            f"{model} versions {sorted(absent)} are not READY on {admin.grpc_url} after their load "
+            "(missing from that replica's model repository?)"
+        )
+        return Served(model, target, before, refused=refusal, unavailable=frozenset(absent))
     lingering: frozenset[int] = frozenset()
     released = before - target
     if released and wait_s is not None and not admin.wait_gone(model, released, timeout_s=wait_s):

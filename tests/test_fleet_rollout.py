@@ -8,6 +8,7 @@ drives each one by its own address, as it does behind a Kubernetes Service.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +17,19 @@ import tritonclient.grpc as grpcclient
 
 from builders.repository import ModelRepository
 from control_plane import reconciler
+from control_plane.clock import utc_now
 from control_plane.errors import TritonUnreachable
 from control_plane.fleet import MetricsSource, Replica, fleet_file_text
+from control_plane.live_metrics import live_metrics
 from control_plane.local_triton import LocalTriton, free_ports
 from control_plane.runtime import Runtime, open_runtime
 from control_plane.serving import FRESH_PARAMETER
 from control_plane.settings import load_settings
+from control_plane.store import Store
 from control_plane.store.models import State
 from control_plane.triton_admin import TritonAdmin
-from tests.classifier_models import publish
+from probes.load import LoadGenerator
+from tests.classifier_models import golden_set, publish
 from tests.conftest import HISTORIES
 from tests.dns_server import DnsTestServer
 from tests.test_cli_errors import fails_with, shepherd
@@ -155,6 +160,9 @@ def test_restarted_replica_is_repaired_and_a_dead_one_blocks_nobody(
     assert rollout_steps[0].strategy == "bluegreen" and "3 reachable" in (rollout_steps[0].reason or "")
     # r2 comes back empty (explicit mode loads nothing): one pass serves it the stable version.
     tritons[2].__enter__()
+    deadline = time.monotonic() + 20
+    while served(tritons)[2] is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # its gRPC port may answer a moment after its HTTP readiness
     assert served(tritons)[2] == set()
     reconciler.tick(rt)
     assert served(tritons) == [{same}] * 3
@@ -165,8 +173,8 @@ def test_restarted_replica_is_repaired_and_a_dead_one_blocks_nobody(
 def test_candidate_a_replica_cannot_load_fails_and_stable_keeps_serving_everywhere(
     repo: ModelRepository, tmp_path: Path
 ) -> None:
-    """r0 (the replica preflights and canaries start on) has its own copy of the repository, without the
-    candidate: its load is refused, the version is failed, and every replica keeps serving stable."""
+    """r0 (the canary replica of step 0) has its own copy of the repository, without the candidate: the
+    canary load is refused there, the version is failed, and every replica keeps serving stable."""
     own = tmp_path / "r0-repository"
     servers = [LocalTriton(own, state_dir=tmp_path / "r0")] + [
         LocalTriton(repo.root, state_dir=tmp_path / f"r{i}") for i in (1, 2)
@@ -274,3 +282,66 @@ def test_tick_with_a_fleet_file_converges_every_replica_and_reports_a_dead_one(
     assert served(tritons) == [{version}] * 3
     listing = shepherd(tmp_path, "tick", "--json", *where)
     assert listing.returncode == 16 and '"replica down"' not in listing.stdout  # recorded once, when it changed
+
+
+def test_canary_widens_step_by_step_on_four_replicas(repo: ModelRepository, tmp_path: Path) -> None:
+    """canary_steps [1, "50%"] on four replicas: one canary beside one baseline, judged; then two beside
+    two (the next step's roles recorded and served), judged again; then every replica."""
+    servers = [LocalTriton(repo.root, state_dir=tmp_path / f"r{i}") for i in range(4)]
+    try:
+        for server in servers:
+            server.__enter__()
+        fleet_file = tmp_path / "fleet.yaml"
+        fleet_file.write_text(fleet_file_text(replicas_of(servers)))
+        rt = fleet_runtime(tmp_path, repo, fleet_file)
+        try:
+            stable = publish(repo, tmp_path / "build", "clf", "good")
+            tick_until(rt, lambda: state_of(rt, "clf", stable) == State.promoted)
+            same = publish(repo, tmp_path / "build", "clf", "same")
+            tick_until(rt, lambda: state_of(rt, "clf", same) == State.canary)
+            assert served(servers) == [{stable, same}, {stable}, {stable}, {stable}]
+            rollout = rt.store.read.open_rollout("clf", same)
+            assert rollout is not None
+            tick_until(rt, lambda: len(rt.store.fleet.steps(rollout.id)) == 2, timeout=120)
+            assert served(servers) == [{stable, same}, {stable, same}, {stable}, {stable}]
+            first, second = rt.store.fleet.steps(rollout.id)
+            assert first.roles == {"r0": "canary", "r1": "baseline", "r2": "stable", "r3": "stable"}
+            assert second.roles == {"r0": "canary", "r1": "canary", "r2": "baseline", "r3": "baseline"}
+            assert second.share == 0.5 and "step 2 of 2" in (second.reason or "")
+            widened = [d for d in rt.store.read.decisions("clf", same) if "widening" in (d.reason or "")]
+            assert len(widened) == 1  # the first step was judged and passed
+            tick_until(rt, lambda: state_of(rt, "clf", same) == State.promoted, timeout=120)
+            tick_until(rt, lambda: served(servers) == [{same}] * 4)
+            second_windows = rt.store.read.probe_windows("clf", same, role="candidate", rollout_id=rollout.id, step=1)
+            assert second_windows and all(set(w.raw["replicas"]) == {"r0", "r1"} for w in second_windows)
+        finally:
+            rt.close()
+    finally:
+        for server in servers:
+            server.__exit__(None, None, None)
+
+
+def test_direct_windows_continue_from_the_mark_another_process_stored(
+    repo: ModelRepository, tmp_path: Path, triton: LocalTriton
+) -> None:
+    """A CronJob's `shepherd tick` is a new process each time: the window it reads starts at the
+    counters the previous process stored in SQL, so every client request in between is counted once."""
+    version = publish(repo, tmp_path / "build", "clf", "good")
+    admin = TritonAdmin(triton.state.grpc_url)
+    admin.load_versions("clf", repo.read_config("clf"), [version])
+    admin.close()
+    replica = Replica("r0", triton.state.grpc_url, f"127.0.0.1:{triton.state.metrics_port}")
+    db = f"sqlite:///{tmp_path / 'marks.db'}"
+    with Store.open(db) as store:
+        assert live_metrics(MetricsSource(), store, timeout_s=5).mark("clf", [replica]) == ()
+    x, _ = golden_set()
+    with LoadGenerator(triton.state.grpc_url, "clf", {"x": x[:4]}, concurrency=1, max_requests=37) as clients:
+        sent = clients.wait(60)
+    with Store.open(db) as store:  # another process: nothing but SQL carries the start of the window
+        window = live_metrics(MetricsSource(), store, timeout_s=5).window("clf", [replica], since=utc_now())
+        again = live_metrics(MetricsSource(), store, timeout_s=5).window("clf", [replica], since=utc_now())
+    assert sent.requests == 37 and window.missing == ()
+    stats = window.of("r0", version)
+    assert stats is not None and stats.requests == 37 and stats.failures == 0
+    later = again.of("r0", version)
+    assert later is not None and later.requests == 0  # nothing counted twice
