@@ -14,14 +14,17 @@
     ├── ConfigError                 shepherd.yaml or a command-line setting is wrong
     ├── StoreError                  the history database (unreachable, refused a write)
     │   └── InvalidTransition       a lifecycle move the rules do not allow
+    ├── LeaderError                 another process leads this history database, or its leader lock cannot be had
     ├── EvidenceError               impossible probe figures handed to the judge
     │   └── BrokenGoldenSet         a version's golden set cannot be read (or is too large)
     ├── AlertError                  a malformed alert event (delivery failures are never raised)
-    └── FleetError                  the fleet of Triton replicas
-        ├── FleetUnresolved         the fleet's DNS name resolved to nothing, or the lookup failed
-        ├── FleetToolMissing        HAProxy or Prometheus (the local fleet's parts) is not installed
-        ├── FleetStartFailed        a part of the local fleet died or never became ready
-        └── FleetNotRunning         `fleet status` / `fleet down` found no local fleet
+    ├── FleetError                  the fleet of Triton replicas
+    │   ├── FleetUnresolved         the fleet's DNS name resolved to nothing, or the lookup failed
+    │   ├── FleetToolMissing        HAProxy or Prometheus (the local fleet's parts) is not installed
+    │   ├── FleetStartFailed        a part of the local fleet died or never became ready
+    │   └── FleetNotRunning         `fleet status` / `fleet down` found no local fleet
+    └── ApiError                    shepherd's own HTTP API (`--server URL`): unreachable, or it failed the request
+        └── ApiAccessDenied         the API refused the token: none, unknown or revoked (401), or its role is too low (403)
 
 Every error carries the process exit code the CLI returns for it, so scripts can tell causes apart.
 """
@@ -98,6 +101,17 @@ class InvalidTransition(StoreError):
     exit_code = 22
 
 
+class LeaderError(ControlPlaneError):
+    """Only the holder of a history database's leader lock acts (control_plane/leader.py).
+
+    Raised when another process leads (`shepherd tick` while a `shepherd run` leads), when the lock
+    cannot be tried (its connection failed, the lock file cannot be opened, a database kind without a
+    lock), and the exit code of a `shepherd run` that lost the lock with a job still running.
+    """
+
+    exit_code = 23
+
+
 class EvidenceError(ControlPlaneError):
     """The judge was handed impossible evidence (more errors than requests, negative or NaN latencies)."""
 
@@ -144,3 +158,20 @@ class FleetNotRunning(FleetError):
     """`shepherd fleet status` or `fleet down` found no local fleet at the state file."""
 
     exit_code = 64
+
+
+class ApiError(ControlPlaneError):
+    """`shepherd promote|rollback|pin --server URL` could not get an answer from the API (or an unexpected one).
+
+    An error the server met while acting (an unknown version, a refused transition) comes back with
+    the exit code the same command would have returned run locally, not this one.
+    """
+
+    exit_code = 70
+
+
+class ApiAccessDenied(ApiError):
+    """The API refused the token: none was given (SHEPHERD_TOKEN), it is unknown or revoked (HTTP 401),
+    or its role does not allow the request (HTTP 403)."""
+
+    exit_code = 71

@@ -42,6 +42,7 @@ TABLES = {
     "decisions",
     "alerts",
     "manual_actions",
+    "api_tokens",
 }
 
 
@@ -110,7 +111,7 @@ def test_migrations_create_every_table_and_match_the_models(db_url: str) -> None
     try:
         tables = set(inspect(again.db.engine).get_table_names())
         assert tables >= TABLES | {"alembic_version", "apscheduler_jobs"}
-        assert rows(again, "SELECT version_num FROM alembic_version") == [("0002",)]
+        assert rows(again, "SELECT version_num FROM alembic_version") == [("0003",)]
         config = alembic_config()
         config.set_main_option("sqlalchemy.url", db_url.replace("%", "%%"))  # configparser interpolation
         command.check(config)  # raises when the migrated schema and models.py disagree
@@ -134,7 +135,7 @@ def test_processes_starting_together_on_a_fresh_database_all_succeed(db_url: str
     assert [p.returncode for p in procs] == [0, 0, 0], errors
     with Store.open(db_url) as store:
         assert rows(store, "SELECT name FROM models") == [("m",)]
-        assert rows(store, "SELECT version_num FROM alembic_version") == [("0002",)]
+        assert rows(store, "SELECT version_num FROM alembic_version") == [("0003",)]
 
 
 def test_open_without_migrate_on_an_empty_database_is_a_clear_error(db_url: str) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import sys
 import traceback
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Annotated
 
 import typer
 
@@ -17,7 +20,7 @@ try:  # typer 0.2x vendors click: its usage errors are typer._click's classes, n
 except ImportError:  # an older typer runs on click itself
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from control_plane.cli import build_cmd, demo_cmd, fleet_cmd, history_cmd, rollout_cmd, triton_cmd
+from control_plane.cli import build_cmd, demo_cmd, fleet_cmd, history_cmd, rollout_cmd, serve_cmd, token_cmd, triton_cmd
 from control_plane.cli.output import debug, print_error
 from shepherd_errors import ShepherdError
 
@@ -28,6 +31,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        try:
+            installed = package_version("triton-shepherd")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            installed = "unknown (not installed)"
+        typer.echo(f"shepherd {installed}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Ship search and recommendation models to NVIDIA Triton without breaking production."""
+
+
 app.add_typer(triton_cmd.app, name="triton")
 app.add_typer(fleet_cmd.app, name="fleet")
 app.add_typer(build_cmd.app, name="build")
@@ -39,6 +64,8 @@ app.command("promote")(rollout_cmd.promote)
 app.command("rollback")(rollout_cmd.rollback)
 app.command("pin")(rollout_cmd.pin)
 app.command("demo")(demo_cmd.demo)
+app.command("serve")(serve_cmd.serve)
+app.add_typer(token_cmd.app, name="token")
 
 
 def main(argv: list[str] | None = None) -> int:

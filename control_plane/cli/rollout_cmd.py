@@ -9,7 +9,6 @@ A fleet (`--fleet FILE`, SHEPHERD_FLEET or `fleet:` in shepherd.yaml) replaces t
 from __future__ import annotations
 
 import getpass
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,9 @@ from typing import Annotated, Any
 import typer
 
 from control_plane import manual, reconciler, scheduler
+from control_plane.api.logs import configure_logging
 from control_plane.cli.output import console, print_error, print_json, print_table
+from control_plane.leader import LeaderTiming, leading
 from control_plane.report import TickReport
 from control_plane.runtime import Runtime, open_runtime
 from control_plane.settings import load_settings
@@ -37,6 +38,13 @@ FleetFile = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 Actor = Annotated[str | None, typer.Option("--actor", help="Who asks (default: the login name).")]
 Reason = Annotated[str, typer.Option("--reason", help="Why; kept in the audit trail.")]
+Server = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        help="URL of a `shepherd serve` API to act through (token from SHEPHERD_TOKEN; the token's owner is the actor).",
+    ),
+]
 
 
 Connection = tuple[Path | None, Path | None, str | None, str | None, str | None, Path | None]
@@ -87,6 +95,17 @@ def _act(
     _show(report, as_json)
 
 
+def _remote(
+    server: str, action: str, model: str, version: int | None, reason: str, actor: str | None, as_json: bool
+) -> None:
+    """The action through the API at `server` instead of on the database and Triton directly."""
+    if actor:
+        raise typer.BadParameter("not used with --server: the API records the token's owner", param_hint="--actor")
+    from control_plane.api.client import remote_action  # httpx loads only for --server
+
+    _show(remote_action(server, action, model, version, reason=reason), as_json)
+
+
 def _show(report: TickReport, as_json: bool) -> None:
     if as_json:
         print_json(report.as_dict())
@@ -116,8 +135,17 @@ def tick(
     fleet: FleetFile = None,
     as_json: Json = False,
 ) -> None:
-    """Run one full cycle (reconcile, probe, judge) and exit: for cron and Kubernetes CronJobs."""
-    _act(reconciler.tick, (config, repo, triton_grpc, triton_metrics, db, fleet), as_json)
+    """Run one full cycle (reconcile, probe, judge) and exit: for cron and Kubernetes CronJobs.
+
+    It takes the history's leader lock for the cycle, with one try: while another process leads (a
+    `shepherd run`, another tick) it does nothing and exits 23.
+    """
+    _act(_tick_as_leader, (config, repo, triton_grpc, triton_metrics, db, fleet), as_json)
+
+
+def _tick_as_leader(rt: Runtime) -> TickReport:
+    with leading(rt.settings.db_url, role="tick"):
+        return reconciler.tick(rt)
 
 
 def run(
@@ -128,22 +156,32 @@ def run(
     db: Db = None,
     fleet: FleetFile = None,
     max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop after this long.")] = None,
+    leader_retry_seconds: Annotated[
+        float, typer.Option("--leader-retry-seconds", help="How often a standby tries to become the leader.")
+    ] = LeaderTiming.retry_seconds,
+    leader_check_seconds: Annotated[
+        float, typer.Option("--leader-check-seconds", help="How often the leader confirms its lock (at most 2).")
+    ] = LeaderTiming.check_seconds,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", help="text or json (default: SHEPHERD_LOG_FORMAT, else text).")
+    ] = None,
 ) -> None:
-    """Run the scheduled control plane until SIGINT/SIGTERM."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    """Run the scheduled control plane until SIGINT/SIGTERM; it acts only while it leads its history database."""
+    configure_logging(log_format, verbose=verbose)
+    timing = LeaderTiming(retry_seconds=leader_retry_seconds, check_seconds=leader_check_seconds)
     rt = _runtime(config, repo, triton_grpc, triton_metrics, db, fleet)
     console.print(
         f"shepherd running: repository {rt.settings.repo}, fleet {rt.settings.fleet.describe()}, "
         f"metrics {rt.settings.metrics.source}, history {rt.store.safe_url}"
     )
     try:
-        scheduler.run_forever(rt, max_seconds=max_seconds)
+        scheduler.run_forever(rt, max_seconds=max_seconds, timing=timing)
     finally:
         rt.close()
 
 
-def _manual_command(act: Callable[..., TickReport], default_reason: str, doc: str) -> Callable[..., None]:
+def _manual_command(act: Callable[..., TickReport], default_reason: str, doc: str, *, name: str) -> Callable[..., None]:
     """A `promote`/`rollback` command: MODEL VERSION, why, who, and the connection options."""
 
     def command(
@@ -158,7 +196,11 @@ def _manual_command(act: Callable[..., TickReport], default_reason: str, doc: st
         db: Db = None,
         fleet: FleetFile = None,
         as_json: Json = False,
+        server: Server = None,
     ) -> None:
+        if server:
+            _remote(server, name, model, version, reason, actor, as_json)
+            return
         _act(
             lambda rt: act(rt, model, version, actor=_actor(actor), reason=reason),
             (config, repo, triton_grpc, triton_metrics, db, fleet),
@@ -169,9 +211,14 @@ def _manual_command(act: Callable[..., TickReport], default_reason: str, doc: st
     return command
 
 
-promote = _manual_command(manual.manual_promote, "manual promotion", "Make VERSION the stable version of MODEL now.")
+promote = _manual_command(
+    manual.manual_promote, "manual promotion", "Make VERSION the stable version of MODEL now.", name="promote"
+)
 rollback = _manual_command(
-    manual.manual_rollback, "manual rollback", "Unload VERSION of MODEL and never load it again automatically."
+    manual.manual_rollback,
+    "manual rollback",
+    "Unload VERSION of MODEL and never load it again automatically.",
+    name="rollback",
 )
 
 
@@ -188,10 +235,14 @@ def pin(
     db: Db = None,
     fleet: FleetFile = None,
     as_json: Json = False,
+    server: Server = None,
 ) -> None:
     """Serve only VERSION of MODEL and pause its rollouts (`--clear` resumes)."""
     if version is None and not clear:
         raise typer.BadParameter("give a VERSION, or --clear to remove the pin")
+    if server:
+        _remote(server, "unpin" if clear else "pin", model, None if clear else version, reason, actor, as_json)
+        return
     _act(
         lambda rt: manual.manual_pin(rt, model, None if clear else version, actor=_actor(actor), reason=reason),
         (config, repo, triton_grpc, triton_metrics, db, fleet),

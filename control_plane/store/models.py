@@ -321,3 +321,26 @@ class ManualActionRow(Base):
     action: Mapped[str] = mapped_column(String(20))
     actor: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
+
+
+API_ROLES = ("viewer", "operator", "admin")  # each may do what the ones before it may
+
+
+class ApiTokenRow(Base):
+    """A bearer token of `shepherd serve`: only its SHA-256 is kept, with its owner's name and role.
+
+    The token itself is shown once when it is made and stored nowhere; a revoked token stays as a row
+    (`revoked_at`) so the audit trail keeps who held it.
+    """
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (CheckConstraint(_one_of("role", API_ROLES), name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    role: Mapped[str] = mapped_column(String(20))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200))
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
