@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps demo test lint bench reliability clean
+.PHONY: install system-deps demo test lint bench bench-fleet reliability clean
 
 # The local fleet (`shepherd fleet up`) runs HAProxy and Prometheus from Debian's packages.
 # Installed only when a binary is missing; a policy-rc.d that denies starting services is put in place
@@ -17,7 +17,7 @@ POLICY_RC   := /usr/sbin/policy-rc.d
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -e '.[examples,test]'
+	$(BIN)/pip install --quiet -e '.[builders,triton,examples,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -52,9 +52,15 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check . || true
 	$(BIN)/mypy
+	$(BIN)/hadolint --failure-threshold style docker/Dockerfile docker/Dockerfile.triton docker/Dockerfile.tensorrt
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+# Issue 9: three local replicas behind HAProxy with Prometheus (about 25 minutes here); rewrites the
+# Fleet section of docs/benchmarks.md, JSON in bench/tools/results/fleet.json.
+bench-fleet: install system-deps
+	$(BIN)/python bench/fleet.py --out bench/tools/results --write-docs
 
 reliability: install
 	$(BIN)/python bench/reliability.py
