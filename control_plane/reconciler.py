@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from builders.errors import BuilderError
 from builders.repository import PREFLIGHT_SUFFIX
 from control_plane import golden as golden_sets
-from control_plane import integrity, observe, serving
+from control_plane import integrity, observe, serving, strategies
 from control_plane.errors import (
     BrokenGoldenSet,
     StoreError,
@@ -451,41 +451,7 @@ def preflight_alias(rt: Runtime, report: TickReport, record: VersionRecord, repl
         rt.repo.unlink_preflight(record.model)
 
 
-# -- strategies -----------------------------------------------------------------------------------
-def first_step(policy: Policy, replicas: Sequence[str]) -> tuple[str, float, dict[str, str], str]:
-    """(strategy, share, roles, reason) of a rollout's first step on the replicas reachable now.
-
-    canary: the first k replicas (in fleet order: the list's, or DNS addresses sorted) take the
-    candidate, the next k reload stable as the baseline, the rest serve stable. bluegreen: step 0 only observes stable under all traffic
-    (the cut-over is step 1). `auto` picks canary from 3 reachable replicas on.
-    """
-    names = list(replicas)
-    wanted = policy.strategy
-    if wanted in ("auto", "canary") and len(names) < 3:
-        return (
-            "bluegreen",
-            0.0,
-            dict.fromkeys(names, "stable"),
-            f"{wanted}: {len(names)} reachable replica(s), a canary needs 3 reachable: blue-green, "
-            "stable observed under all traffic before the cut-over",
-        )
-    if wanted == "bluegreen":
-        return "bluegreen", 0.0, dict.fromkeys(names, "stable"), "stable observed under all traffic before the cut-over"
-    return canary_step(policy, names, 0)
-
-
-def canary_step(policy: Policy, names: Sequence[str], index: int) -> tuple[str, float, dict[str, str], str]:
-    sizes = policy.canary_sizes(len(names))
-    k = sizes[min(index, len(sizes) - 1)]
-    roles = {name: ("canary" if i < k else "baseline" if i < 2 * k else "stable") for i, name in enumerate(names)}
-    return (
-        "canary",
-        k / len(names),
-        roles,
-        f"step {index + 1} of {len(sizes)}: candidate on {k} of {len(names)} replicas, {k} fresh baseline",
-    )
-
-
+# -- strategies (control_plane/strategies.py plans each step) ----------------------------------
 def start_canary(
     rt: Runtime, report: TickReport, world: World, record: VersionRecord, stable: VersionRecord, verdict: Verdict
 ) -> None:
@@ -497,15 +463,14 @@ def start_canary(
     """
     model = record.model
     policy = rt.settings.policy_for(model)
-    strategy, share, roles, why = first_step(policy, [v.name for v in world.reachable])
+    plan = strategies.first_step(policy, [v.name for v in world.reachable])
     current = rt.store.read.get_version(model, record.version)
     preflight_started = current.state_changed_at if current is not None else record.state_changed_at
 
     def open_rollout() -> dict[str, Any]:
         rollout = rt.store.lifecycle.start_rollout(model, record.version, stable.version)
-        step = rt.store.fleet.add_step(rollout, 0, strategy=strategy, share=share, roles=roles, reason=why)
-        report.add("step", model, record.version, step=0, strategy=strategy, share=round(share, 3), roles=roles)
-        if strategy == "bluegreen":
+        step = add_step(rt, report, record, rollout, 0, plan)
+        if plan.strategy == "bluegreen":
             cut_over(rt, report, record, stable, rollout, step, since=preflight_started)
         else:
             serve_or_fail(rt, report, model, reload=step.replicas("baseline"))
@@ -545,11 +510,27 @@ def cut_over(
         )
         for error in observed.errors:
             report.fail(error)
-    rt.store.fleet.add_step(
-        rollout, 1, strategy="bluegreen", share=1.0, roles=dict.fromkeys(views, "bluegreen"), reason="cut-over"
-    )
-    report.add("step", model, record.version, step=1, strategy="bluegreen", share=1.0)
+    add_step(rt, report, record, rollout, 1, strategies.cut_over(list(views)))
     serve_or_fail(rt, report, model, wait=False)
+
+
+def add_step(
+    rt: Runtime, report: TickReport, record: VersionRecord, rollout: int, number: int, plan: strategies.StepPlan
+) -> RolloutStepRecord:
+    """Record a step's plan (every replica's role) in the history, and report it."""
+    step = rt.store.fleet.add_step(
+        rollout, number, strategy=plan.strategy, share=plan.share, roles=plan.roles, reason=plan.reason
+    )
+    report.add(
+        "step",
+        record.model,
+        record.version,
+        step=number,
+        strategy=plan.strategy,
+        share=round(plan.share, 3),
+        roles=plan.roles,
+    )
+    return step
 
 
 def record_wait(
@@ -693,9 +674,8 @@ def next_canary_step(
     """Widen a passing canary to its next step; False when this was the last step (promote)."""
     names = [v.name for v in fleet_now(rt) if v.reachable]
     policy = rt.settings.policy_for(candidate.model)
-    sizes = policy.canary_sizes(max(len(names), 3))
-    done = len(step.replicas("canary"))
-    if not any(k > done for k in sizes):
+    index = strategies.next_size(policy, len(names), len(step.replicas("canary")))
+    if index is None:
         return False  # the last step passed: promote
     if len(names) < 3:  # more steps were planned, but the fleet cannot hold them now: evidence is missing
         verdict = Verdict(
@@ -705,9 +685,8 @@ def next_canary_step(
         )
         record_wait(rt, report, candidate, verdict, rollout_id=rollout.id)
         return True
-    index = next(i for i, k in enumerate(sizes) if k > done)
-    strategy, share, roles, why = canary_step(policy, names, index)
-    rt.store.fleet.add_step(rollout.id, step.step + 1, strategy=strategy, share=share, roles=roles, reason=why)
+    plan = strategies.canary_step(policy, names, index)
+    new = add_step(rt, report, candidate, rollout.id, step.step + 1, plan)
     record_wait(
         rt,
         report,
@@ -715,17 +694,7 @@ def next_canary_step(
         Verdict(WAIT, f"step {step.step + 1} passed, widening: {verdict.reason}", verdict.checks),
         rollout_id=rollout.id,
     )
-    new = rt.store.read.snapshot().step(rollout.id)
-    serve_or_fail(rt, report, candidate.model, reload=new.replicas("baseline") if new is not None else ())
-    report.add(
-        "step",
-        candidate.model,
-        candidate.version,
-        step=step.step + 1,
-        strategy=strategy,
-        share=round(share, 3),
-        roles=roles,
-    )
+    serve_or_fail(rt, report, candidate.model, reload=new.replicas("baseline"))
     return True
 
 
@@ -758,8 +727,8 @@ def _canaries(
             except ShepherdError as exc:  # no fleet to place it on now: the next pass tries again
                 report.fail(exc)
                 continue
-            strategy, share, roles, why = first_step(rt.settings.policy_for(record.model), names)
-            step = rt.store.fleet.add_step(rollout_id, 0, strategy=strategy, share=share, roles=roles, reason=why)
+            plan = strategies.first_step(rt.settings.policy_for(record.model), names)
+            step = add_step(rt, report, record, rollout_id, 0, plan)
             rollout = rt.store.read.open_rollout(record.model, record.version)
         if rollout is not None:
             found.append((record, stable, rollout, step))
