@@ -160,3 +160,19 @@ def test_the_shepherd_command_in_a_subprocess(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert missing.returncode == 21 and "no history database" in missing.stderr
+
+
+def test_status_and_history_read_the_database_shepherd_yaml_names(tmp_path: Path) -> None:
+    """Without --db or SHEPHERD_DB they read `db_url` of shepherd.yaml, the history `shepherd run` writes."""
+    url = f"sqlite:///{tmp_path / 'from-config.db'}"
+    seeded(url)
+    config = tmp_path / "shepherd.yaml"
+    config.write_text(f"db_url: {url}\n")
+    code, out, exc = invoke("status", "--config", str(config), "--json", env={"SHEPHERD_DB": ""})
+    assert code == 0, exc
+    assert {m["model"] for m in json.loads(out)} == {"intent", "ranker"}
+    code, out, exc = invoke("history", "--json", env={"SHEPHERD_DB": "", "SHEPHERD_CONFIG": str(config)})
+    assert code == 0, exc
+    assert len(json.loads(out)) == 4
+    code, _, exc = invoke("history", "--config", str(tmp_path / "missing.yaml"), env={"SHEPHERD_DB": ""})
+    assert code != 0 and "settings file not found" in str(exc)

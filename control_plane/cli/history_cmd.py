@@ -1,7 +1,9 @@
 """`shepherd status` and `shepherd history`: read the SQL history, as tables for people or JSON for scripts.
 
 Both only read. A SQLite file that does not exist is an error rather than a new empty database, so a
-mistyped `--db` does not print an empty history that looks like "nothing ever happened".
+mistyped `--db` does not print an empty history that looks like "nothing ever happened". The database
+is the one `shepherd run` writes: `--db`, else SHEPHERD_DB, else `db_url` of shepherd.yaml (`--config`,
+SHEPHERD_CONFIG or ./shepherd.yaml), else the default.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import os
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from control_plane.cli.output import console, print_json, print_table
 from control_plane.errors import StoreError
+from control_plane.settings import load_settings
 from control_plane.store.database import DEFAULT_URL, mask_url, parse_url
 from control_plane.store.store import Store
 
@@ -23,6 +27,10 @@ Db = Annotated[
     typer.Option("--db", envvar="SHEPHERD_DB", help=f"SQLAlchemy URL of the history (default: {DEFAULT_URL})."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Config = Annotated[
+    Path | None,
+    typer.Option("--config", help="shepherd.yaml whose db_url to read (default: SHEPHERD_CONFIG or ./shepherd.yaml)."),
+]
 Model = Annotated[str | None, typer.Option("--model", help="Only this model.")]
 Since = Annotated[
     str | None,
@@ -47,12 +55,17 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def open_store(db: str | None) -> Store:
+def history_url(db: str | None, config: Path | None = None) -> str:
+    """`--db` (or SHEPHERD_DB), else the settings' db_url (shepherd.yaml), else the default."""
+    return db or load_settings(config).db_url
+
+
+def open_store(db: str | None, config: Path | None = None) -> Store:
     """Open the history for reading, writing nothing (no migration): a read-only database or replica works.
 
     A missing SQLite file is a StoreError, not a new empty database.
     """
-    url = db or DEFAULT_URL
+    url = history_url(db, config)
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         path = parsed.database
@@ -80,9 +93,9 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def status(db: Db = None, as_json: Json = False) -> None:
-    """Per model: the stable version, the candidate in flight and its phase."""
-    store = open_store(db)
+def status(db: Db = None, config: Config = None, as_json: Json = False) -> None:
+    """Per model: the stable version, the candidate in flight, its phase and rollout (the console's /console/rollouts/ID)."""
+    store = open_store(db, config)
     try:
         models = store.read.status()
     finally:
@@ -91,11 +104,11 @@ def status(db: Db = None, as_json: Json = False) -> None:
         print_json(models)
         return
     if not models:
-        console.print(f"no models recorded yet in {mask_url(db or DEFAULT_URL)}")
+        console.print(f"no models recorded yet in {mask_url(history_url(db, config))}")
         return
     print_table(
         "shepherd status",
-        ["model", "kind", "stable", "candidate", "phase", "since (UTC)", "pinned"],
+        ["model", "kind", "stable", "candidate", "phase", "since (UTC)", "pinned", "rollout"],
         [
             (
                 m["model"],
@@ -105,16 +118,19 @@ def status(db: Db = None, as_json: Json = False) -> None:
                 m["phase"],
                 _short(m["phase_since"]),
                 f"v{m['pinned']} (automation paused)" if m["pinned"] is not None else "",
+                m["rollout_id"],
             )
             for m in models
         ],
     )
 
 
-def history(db: Db = None, model: Model = None, since: Since = None, as_json: Json = False) -> None:
+def history(
+    db: Db = None, config: Config = None, model: Model = None, since: Since = None, as_json: Json = False
+) -> None:
     """Every version with its state, quality, time in canary and last decision."""
     after = parse_since(since) if since else None
-    store = open_store(db)
+    store = open_store(db, config)
     try:
         versions = store.read.history(model=model, since=after)
     finally:
