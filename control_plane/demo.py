@@ -25,7 +25,7 @@ from builders.pipeline import BuildResult, StepResult
 from builders.repository import ModelRepository
 from control_plane import scheduler
 from control_plane.audit import history_mismatches
-from control_plane.cli.output import console, print_table
+from control_plane.cli.output import console, print_table, waiting
 from control_plane.local_triton import LocalTriton, Ports, free_ports, port_is_free
 from control_plane.runtime import Runtime, open_runtime
 from control_plane.settings import load_settings
@@ -75,11 +75,13 @@ def _built(results: list[BuildResult]) -> None:
 
 def _wait_for(rt: Runtime, model: str, version: int, states: set[State], timeout: float) -> State:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = rt.store.read.get_version(model, version)
-        if record is not None and record.state in states:
-            return State(record.state)
-        time.sleep(0.5)
+    with waiting(f"{model} v{version}: waiting for the control plane") as say:
+        while time.monotonic() < deadline:
+            record = rt.store.read.get_version(model, version)
+            if record is not None and record.state in states:
+                return State(record.state)
+            say(f"{model} v{version}: {record.state.value if record else 'not discovered yet'}")
+            time.sleep(0.5)
     record = rt.store.read.get_version(model, version)
     raise SystemExit(f"{model} v{version} still {record.state if record else 'undiscovered'} after {timeout:.0f} s")
 
@@ -93,7 +95,9 @@ def run_demo(workdir: Path, *, config: Path | None = None, timeout: float = 600.
     db_url = f"sqlite:///{workdir / 'history.db'}"
 
     console.rule("1. build the three example models (verified ONNX, manifests, tokenizers, ensembles)")
-    _built(build_examples(repo))
+    with waiting("building the example models") as say:
+        built = build_examples(repo, progress=lambda step, _result: say(f"building the example models: {step}"))
+    _built(built)
 
     default = Ports()
     ports = default if all(port_is_free(p) for p in default.as_tuple()) else Ports(*free_ports(3))
@@ -130,7 +134,10 @@ def run_demo(workdir: Path, *, config: Path | None = None, timeout: float = 600.
                 outcomes = []
                 for step in ROLLOUTS:
                     console.rule(f"3. {INTENT}: publish the {step.variant} version ({step.why})")
-                    result = build_variant(repo, INTENT, step.variant)
+                    with waiting(f"building {INTENT} ({step.variant})") as say:
+                        result = build_variant(
+                            repo, INTENT, step.variant, progress=lambda name, _r: say(f"building {INTENT}: {name}")
+                        )
                     _built([result])
                     assert result.version is not None
                     state = _wait_for(rt, INTENT, result.version, FINAL, timeout)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from control_plane.alerts.dispatch import dispatch
 from control_plane.alerts.events import EVENT_SEVERITY, AlertEvent
@@ -99,10 +100,32 @@ def enter(
     report.add(str(state), model, version, reason=reason, actor=actor, **details)
     if event is not None:
         evidence = {**(verdict.as_dict() if verdict is not None else {}), "actor": actor, **details}
-        alert(rt, event=event, model=model, version=version, reason=reason, evidence=evidence)
+        link = console_link(rt, model, rollout.id if rollout is not None else None)
+        alert(rt, event=event, model=model, version=version, reason=reason, evidence=evidence, link=link)
 
 
-def alert(rt: Runtime, *, event: str, model: str, version: int, reason: str, evidence: dict[str, Any]) -> None:
+def console_link(rt: Runtime, model: str, rollout_id: int | None) -> str | None:
+    """The console page of the rollout (else of the model) under `public_url`, when one is set."""
+    base = rt.settings.public_url
+    if not base:
+        return None
+    return (
+        f"{base}/console/rollouts/{rollout_id}"
+        if rollout_id is not None
+        else f"{base}/console/models/{quote(model, safe='')}"
+    )
+
+
+def alert(
+    rt: Runtime,
+    *,
+    event: str,
+    model: str,
+    version: int,
+    reason: str,
+    evidence: dict[str, Any],
+    link: str | None = None,
+) -> None:
     """Deliver the event to every configured channel and record each delivery; never raises."""
     severity = EVENT_SEVERITY[event]
     try:
@@ -115,6 +138,7 @@ def alert(rt: Runtime, *, event: str, model: str, version: int, reason: str, evi
                 at=rt.now(),
                 evidence=evidence,
                 severity=severity,
+                link=link,
             ),
             rt.settings.alerts,
         )

@@ -20,7 +20,11 @@ see Triton's "Secure Deployment Considerations"):
   shepherd never calls) answers only requests that carry the header `shepherd-api-key` (gRPC:
   `triton-grpc-protocol-shepherd-api-key`): `--http-restricted-api` and `--grpc-restricted-protocol`.
   Triton 2.51 takes the key only on its command line, so any local user who can read
-  /proc/<pid>/cmdline of the server can read the key; it never goes to state.json, logs or errors.
+  /proc/<pid>/cmdline of the server can read the key; it never goes to state.json, logs or errors;
+- with `tls` (ServerTls), gRPC runs over TLS (`--grpc-use-ssl=true --grpc-server-cert
+  --grpc-server-key`), and with a client CA over mutual TLS (`--grpc-use-ssl-mutual=true
+  --grpc-root-cert`): plaintext gRPC clients are then turned away. HTTP and metrics stay plaintext
+  on their ports (the readiness check uses HTTP); Triton 2.51 has no TLS for them.
 """
 
 from __future__ import annotations
@@ -80,6 +84,47 @@ class TritonInstallation:
 
 
 @dataclass(frozen=True)
+class ServerTls:
+    """gRPC over TLS for the local server: its certificate and key (PEM files, paths only: the server
+    reads them), and `client_ca_file` to require client certificates signed by that CA (mutual TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    @property
+    def mode(self) -> str:
+        return "mutual" if self.client_ca_file is not None else "tls"
+
+    def checked(self) -> ServerTls:
+        """The same files as absolute paths, each readable PEM of its kind; ConfigError naming the option."""
+        found = {}
+        for option, path, marker in (
+            ("--tls-cert", self.cert_file, b"-----BEGIN CERTIFICATE-----"),
+            ("--tls-key", self.key_file, b"PRIVATE KEY-----"),
+            ("--tls-ca", self.client_ca_file, b"-----BEGIN CERTIFICATE-----"),
+        ):
+            if path is None:
+                continue
+            try:
+                raw = Path(path).read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"{option}: cannot read {path} ({exc.strerror or exc})") from exc
+            if marker not in raw or b"ENCRYPTED" in raw:
+                what = "an unencrypted PEM private key" if option == "--tls-key" else "a PEM certificate"
+                raise ConfigError(f"{option}: {path} is not {what}")
+            found[option] = Path(path).resolve()
+        return ServerTls(found["--tls-cert"], found["--tls-key"], found.get("--tls-ca"))
+
+    def args(self) -> list[str]:
+        """tritonserver's flags (2.51: `tritonserver --help`)."""
+        args = ["--grpc-use-ssl=true", f"--grpc-server-cert={self.cert_file}", f"--grpc-server-key={self.key_file}"]
+        if self.client_ca_file is not None:
+            args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={self.client_ca_file}"]
+        return args
+
+
+@dataclass(frozen=True)
 class Ports:
     http: int = 8000
     grpc: int = 8001
@@ -103,6 +148,7 @@ class ServerState:
     started_at: float = field(default_factory=time.time)
     host: str = DEFAULT_HOST  # the address every port binds
     restricted: bool = False  # the repository API wants the key (the key itself is never recorded)
+    grpc_tls: str = "off"  # gRPC over TLS: "off", "tls", or "mutual" (client certificates required)
 
     @property
     def ports(self) -> Ports:
@@ -265,14 +311,18 @@ def start(
     extra_args: Sequence[str] = (),
     host: str = DEFAULT_HOST,
     api_key: str | None = None,
+    tls: ServerTls | None = None,
 ) -> ServerState:
     """Start tritonserver in explicit mode on `repo` and return once it answers ready.
 
     Every port binds `host` (loopback unless told otherwise); with `api_key`, the repository API
-    answers only requests with the header `shepherd-api-key` (gRPC: `triton-grpc-protocol-` before it).
+    answers only requests with the header `shepherd-api-key` (gRPC: `triton-grpc-protocol-` before it);
+    with `tls`, gRPC runs over TLS (mutual TLS with its client CA).
     """
     if api_key is not None:
         check_api_key(api_key)
+    if tls is not None:
+        tls = tls.checked()
     if not host.strip() or any(c.isspace() for c in host):
         raise ConfigError(f"not a host to bind: {host!r}")
     repo = Path(repo).resolve()
@@ -315,6 +365,8 @@ def start(
     if api_key is not None:
         guarded = f"{','.join(RESTRICTED_APIS)}:{API_KEY_HEADER}={api_key}"
         command += [f"--http-restricted-api={guarded}", f"--grpc-restricted-protocol={guarded}"]
+    if tls is not None:
+        command += tls.args()
     with log:
         try:
             process = subprocess.Popen(
@@ -337,6 +389,7 @@ def start(
         state_dir=str(state_dir),
         host=host,
         restricted=api_key is not None,
+        grpc_tls=tls.mode if tls is not None else "off",
     )
     (state_dir / "state.json").write_text(json.dumps(asdict(state), indent=2))
     deadline = time.monotonic() + timeout
@@ -493,6 +546,8 @@ class LocalTriton(contextlib.AbstractContextManager["LocalTriton"]):
             client = tritonclient.grpc.InferenceServerClient(triton.state.grpc_url)
         with LocalTriton(repo, api_key=key) as triton:       # repository API needs the key
             admin = TritonAdmin(triton.state.grpc_url, api_key=key)
+        with LocalTriton(repo, tls=ServerTls(cert, key_file)) as triton:   # gRPC over TLS
+            admin = TritonAdmin(triton.state.grpc_url, tls=GrpcTls.from_files(ca_file=ca))
     """
 
     def __init__(
@@ -505,6 +560,7 @@ class LocalTriton(contextlib.AbstractContextManager["LocalTriton"]):
         extra_args: Sequence[str] = (),
         host: str = DEFAULT_HOST,
         api_key: str | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.repo = Path(repo)
         self.ports = ports or Ports(*free_ports(3))
@@ -513,6 +569,7 @@ class LocalTriton(contextlib.AbstractContextManager["LocalTriton"]):
         self.extra_args = extra_args
         self.host = host
         self._api_key = api_key  # private and out of repr: never printed
+        self.tls = tls
         self._state: ServerState | None = None
 
     @property
@@ -531,6 +588,7 @@ class LocalTriton(contextlib.AbstractContextManager["LocalTriton"]):
             extra_args=self.extra_args,
             host=self.host,
             api_key=self._api_key,
+            tls=self.tls,
         )
         return self
 

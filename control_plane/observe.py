@@ -27,6 +27,7 @@ from control_plane.live_metrics import LiveMetrics, LiveWindow
 from control_plane.policy import Policy
 from control_plane.runtime import Runtime
 from control_plane.store.records import ProbeWindowRecord, RolloutStepRecord, VersionRecord
+from probes.channel import GrpcTls
 from probes.golden import ProbeRun, merged, send_interleaved, send_probe
 from probes.metrics import HostStats, WindowStats, combined
 from shepherd_errors import ShepherdError
@@ -50,14 +51,15 @@ def observe_preflight(
     requests were sent, at most `preflight_rounds` slices.
     """
     started = rt.now()
-    first = _probe_one(replica.grpc, alias, record.version, golden_sets.quality_inputs(golden), policy)
+    first = _probe_one(replica.grpc, alias, record.version, golden_sets.quality_inputs(golden), policy, rt.grpc_tls)
     latencies, requests, errors = list(first.latencies_ms), first.requests, first.errors
     for round_number in range(policy.preflight_rounds):
         if requests >= policy.preflight_requests:
             break
         extra = _probe_one(
-            replica.grpc, alias, record.version, golden_sets.rows(golden, round_number, policy.probe_rows), policy
-        )
+            replica.grpc, alias, record.version, golden_sets.rows(golden, round_number, policy.probe_rows), policy,
+            rt.grpc_tls,
+        )  # fmt: skip
         latencies.extend(extra.latencies_ms)
         requests += extra.requests
         errors += extra.errors
@@ -147,8 +149,9 @@ def observe_step(
     inputs = golden_sets.rows(golden, len(seen), policy.probe_rows) if measured else golden_sets.quality_inputs(golden)
     targets = [(r.grpc, candidate.version) for r in where.candidate] + [(r.grpc, stable.version) for r in where.stable]
     runs = send_interleaved(
-        targets, model, inputs, batch_size=policy.probe_batch_size, timeout_s=policy.probe_timeout_seconds
-    )
+        targets, model, inputs, batch_size=policy.probe_batch_size, timeout_s=policy.probe_timeout_seconds,
+        tls=rt.grpc_tls,
+    )  # fmt: skip
     involved = list({r.name: r for r in (*where.candidate, *where.stable)}.values())
     window = live.window(model, involved, since)
     errors.extend(window.errors)
@@ -198,12 +201,13 @@ def observe_baseline(
         return Observed(errors=(TritonUnreachable(f"no replica of {stable.model}'s fleet is reachable"),))
     # The quality rows once, then slices until p95_min_samples requests: this window is all the
     # judge will have of stable, so it gets as many samples as a p95 comparison needs.
-    runs = list(_send_to(on, stable, golden_sets.quality_inputs(golden), policy).values())
+    runs = list(_send_to(on, stable, golden_sets.quality_inputs(golden), policy, rt.grpc_tls).values())
     outputs_run = merged(runs)
     for round_number in range(policy.preflight_rounds):
         if sum(r.requests for r in runs) >= policy.p95_min_samples:
             break
-        runs.extend(_send_to(on, stable, golden_sets.rows(golden, round_number, policy.probe_rows), policy).values())
+        more = _send_to(on, stable, golden_sets.rows(golden, round_number, policy.probe_rows), policy, rt.grpc_tls)
+        runs.extend(more.values())
     window = live.window(stable.model, list(on), since)
     run = replace(merged(runs), outputs=outputs_run.outputs)
     quality = golden_sets.score(golden, run.outputs) if run.outputs is not None else {}
@@ -223,7 +227,7 @@ def observe_baseline(
 
 
 def _send_to(
-    on: tuple[Replica, ...], record: VersionRecord, inputs: dict[str, Any], policy: Policy
+    on: tuple[Replica, ...], record: VersionRecord, inputs: dict[str, Any], policy: Policy, tls: GrpcTls | None
 ) -> dict[tuple[str, str], ProbeRun]:
     return send_interleaved(
         [(r.grpc, record.version) for r in on],
@@ -231,6 +235,7 @@ def _send_to(
         inputs,
         batch_size=policy.probe_batch_size,
         timeout_s=policy.probe_timeout_seconds,
+        tls=tls,
     )
 
 
@@ -269,7 +274,9 @@ def _store_window(
     )
 
 
-def _probe_one(grpc: str, model: str, version: int, inputs: dict[str, Any], policy: Policy) -> ProbeRun:
+def _probe_one(
+    grpc: str, model: str, version: int, inputs: dict[str, Any], policy: Policy, tls: GrpcTls | None
+) -> ProbeRun:
     return send_probe(
         grpc,
         model,
@@ -277,6 +284,7 @@ def _probe_one(grpc: str, model: str, version: int, inputs: dict[str, Any], poli
         inputs,
         batch_size=policy.probe_batch_size,
         timeout_s=policy.probe_timeout_seconds,
+        tls=tls,
     )
 
 

@@ -216,6 +216,7 @@ def converge_fleet(
 ) -> list[serving.Served]:
     """Converge `model` on every replica in `views` at once; those named in `reload` load stable afresh."""
     fresh = set(reload)
+    now = rt.now()
 
     def one(view: ReplicaView) -> serving.Served:
         try:
@@ -224,7 +225,16 @@ def converge_fleet(
             report.fail(exc)
             return serving.Served(model, frozenset(), frozenset())
 
-    return parallel(list(views), one)
+    def settled(view: ReplicaView) -> bool:
+        wanted = desired_versions(store, model, rt.settings, now, view.name)
+        return view.name not in fresh and wanted == view.ready(model)
+
+    # An idle pass starts no thread: only replicas with something to load or unload are converged.
+    calm = [v for v in views if settled(v)]
+    busy = [v for v in views if not settled(v)]
+    outcomes = {v.name: serving.Served(model, frozenset(v.ready(model)), frozenset(v.ready(model))) for v in calm}
+    outcomes.update(zip((v.name for v in busy), parallel(busy, one), strict=True))
+    return [outcomes[v.name] for v in views]
 
 
 def converge(

@@ -6,7 +6,8 @@ drain, promotion windows) can be driven without sleeping.
 
 Each replica of the fleet gets its own `TritonAdmin` (its own gRPC channel), opened the first time
 the replica is seen and kept while it stays in the fleet: behind a load balancer a shared channel
-would reach whichever replica the connection sticks to.
+would reach whichever replica the connection sticks to. Every channel, the probes' included, runs
+over TLS when the settings say so (`grpc_tls`, read once at start).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from control_plane.fleet import Replica
 from control_plane.settings import Settings
 from control_plane.store.store import Store
 from control_plane.triton_admin import TritonAdmin
+from probes.channel import GrpcTls
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Runtime:
         """The replica's own repository-API client (one gRPC channel per replica address)."""
         admin = self.admins.get(replica.grpc)
         if admin is None:
-            admin = TritonAdmin(replica.grpc, api_key=self.settings.triton_api_key)
+            admin = TritonAdmin(replica.grpc, api_key=self.settings.triton_api_key, tls=self.grpc_tls)
             self.admins[replica.grpc] = admin
         return admin
 
@@ -55,6 +57,11 @@ class Runtime:
     def admin(self) -> TritonAdmin:
         """The first replica's client: what single-Triton callers (manual actions, the demo) use."""
         return self.admin_for(self.first_replica)
+
+    @property
+    def grpc_tls(self) -> GrpcTls | None:
+        """TLS for every gRPC channel to the fleet (repository API and probes); None: plaintext."""
+        return self.settings.triton_tls
 
     @property
     def grpc_url(self) -> str:

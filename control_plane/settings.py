@@ -10,6 +10,15 @@ shepherd.yaml, naming the environment variable that holds it (an unset NAME is a
 none (no header is sent). The key is never written in shepherd.yaml, never on the command line and
 never in Settings' repr.
 
+gRPC over TLS to every replica of the fleet (repository API, index, probes): `triton_tls:
+{ca_file, cert_file, key_file, server_name}` in shepherd.yaml, each key overridden by its
+environment variable (SHEPHERD_TRITON_TLS_CA, _CERT, _KEY, _SERVER_NAME); TLS is on when the
+mapping is given (even empty: the system's trust store) or any of those variables is set.
+`cert_file` and `key_file` (a client certificate, for a Triton with mutual TLS) go together. The
+files are read once, here: a missing, unreadable or non-PEM file is a ConfigError naming the key
+(never quoting the file); the private key is never in Settings' repr. A relative path in the file
+is taken relative to the file's folder, one from the environment relative to the working directory.
+
 Why strict: a typo in a threshold (`max_error_rte: 0.5`) silently ignored would judge every rollout
 with the default; so an unknown key, a wrong type, a negative duration or a bad cron field is a
 ConfigError naming the file and the key, and nothing starts. Only `yaml.safe_load` is used.
@@ -33,6 +42,8 @@ from control_plane.alerts.channels import AlertSettings, EmailChannel, WebhookCh
 from control_plane.errors import ConfigError
 from control_plane.fleet import FLEET_ENV, Fleet, MetricsSource, parse_fleet, parse_metrics, read_fleet_file, single
 from control_plane.policy import POLICY_FIELDS, Policy, PromotionWindow
+from probes.channel import GrpcTls
+from probes.errors import ProbeFailed
 
 DEFAULT_REPO = "model_repository"
 DEFAULT_GRPC = "127.0.0.1:8001"
@@ -42,6 +53,14 @@ DEFAULT_RECONCILE_INTERVAL = 5.0
 DEFAULT_CONFIG = Path("shepherd.yaml")
 CONFIG_ENV = "SHEPHERD_CONFIG"
 API_KEY_ENV = "SHEPHERD_TRITON_API_KEY"
+PUBLIC_URL_ENV = "SHEPHERD_PUBLIC_URL"
+TLS_ENVIRONMENT = {
+    "ca_file": "SHEPHERD_TRITON_TLS_CA",
+    "cert_file": "SHEPHERD_TRITON_TLS_CERT",
+    "key_file": "SHEPHERD_TRITON_TLS_KEY",
+    "server_name": "SHEPHERD_TRITON_TLS_SERVER_NAME",
+}
+TLS_KEYS = frozenset(TLS_ENVIRONMENT)
 ENVIRONMENT = {
     "repo": "SHEPHERD_REPO",
     "triton_grpc": "SHEPHERD_TRITON_GRPC",
@@ -52,6 +71,8 @@ CONNECTION_KEYS = ("repo", "triton_grpc", "triton_metrics", "db_url")
 INTERVAL_KEYS = ("reconcile_interval_seconds", "probe_interval_seconds")
 TOP_LEVEL_KEYS = frozenset(
     {*CONNECTION_KEYS, *INTERVAL_KEYS, "defaults", "models", "alerts", "triton_api_key_env", "fleet", "metrics"}
+    | {"triton_tls"}
+    | {"public_url"}
 )
 WINDOW_KEYS = frozenset({"day_of_week", "hour", "timezone"})
 ALERT_KEYS = frozenset({"webhooks", "email", "retries", "backoff_seconds", "timeout_seconds", "deadline_seconds"})
@@ -74,9 +95,11 @@ class Settings:
     models: dict[str, Policy]
     source: Path | None = None  # the shepherd.yaml read, if any
     triton_api_key: str | None = field(default=None, repr=False)  # a secret: never in repr
+    triton_tls: GrpcTls | None = None  # gRPC over TLS to every replica; its repr shows no key
     fleet_spec: Fleet | None = None  # None: the one Triton of triton_grpc / triton_metrics
     metrics: MetricsSource = field(default_factory=MetricsSource)
     load_balancer: dict[str, str] = field(default_factory=dict)  # where clients reach the fleet (informational)
+    public_url: str | None = None  # where people reach `shepherd serve` (alerts link to its console pages)
 
     @property
     def fleet(self) -> Fleet:
@@ -313,6 +336,56 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _pem(path: Path, where: str, key: str, kind: str) -> bytes:
+    """The PEM file's bytes; ConfigError naming the key (never quoting the file) when it cannot serve as `kind`."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise _fail(where, key, f"cannot read {path} ({exc.strerror or exc})") from exc
+    if kind == "key":
+        if b"ENCRYPTED PRIVATE KEY" in raw or b"Proc-Type: 4,ENCRYPTED" in raw:
+            raise _fail(where, key, f"{path} holds an encrypted private key; gRPC needs it unencrypted (PEM)")
+        if b"PRIVATE KEY-----" not in raw:
+            raise _fail(where, key, f"{path} holds no PEM private key")
+    elif b"-----BEGIN CERTIFICATE-----" not in raw:
+        raise _fail(where, key, f"{path} holds no PEM certificate")
+    return raw
+
+
+def _tls(data: dict[str, Any], where: str, file: Path | None, env: Mapping[str, str]) -> GrpcTls | None:
+    """`triton_tls` from shepherd.yaml, each key overridden by its environment variable; None: plaintext."""
+    given = data.get("triton_tls")
+    values = _mapping(given, where, "triton_tls", TLS_KEYS)
+    origin = dict.fromkeys(values, where)
+    for key, variable in TLS_ENVIRONMENT.items():
+        if env.get(variable):
+            values[key], origin[key] = env[variable], f"environment {variable}"
+    if given is None and not any(env.get(v) for v in TLS_ENVIRONMENT.values()):
+        return None
+    found: dict[str, Any] = {}
+    for key, kind in (("ca_file", "certificate"), ("cert_file", "certificate"), ("key_file", "key")):
+        if values.get(key) is None:
+            continue
+        path = Path(_text(values[key], origin[key], f"triton_tls.{key}"))
+        if origin[key] == where and file is not None and not path.is_absolute():
+            path = file.parent / path
+        found[key] = _pem(path, origin[key], f"triton_tls.{key}", kind)
+    if ("cert_file" in found) != ("key_file" in found):
+        missing = "key_file" if "cert_file" in found else "cert_file"
+        problem = "a client certificate and its key go together: give both or neither"
+        raise _fail(origin.get(missing, where), f"triton_tls.{missing}", problem)
+    name = values.get("server_name")
+    try:
+        return GrpcTls(
+            root_certificates=found.get("ca_file"),
+            certificate_chain=found.get("cert_file"),
+            private_key=found.get("key_file"),
+            server_name=_text(name, origin["server_name"], "triton_tls.server_name") if name is not None else None,
+        )
+    except ProbeFailed as exc:
+        raise _fail(origin.get("server_name", where), "triton_tls.server_name", str(exc)) from exc
+
+
 def _fleet(
     data: dict[str, Any], where: str, fleet_file: Any, env: Mapping[str, str], overrides: dict[str, Any]
 ) -> tuple[Fleet | None, MetricsSource, dict[str, str]]:
@@ -428,4 +501,19 @@ def load_settings(
         models=models,
         source=file if file is not None and file.is_file() else None,
         triton_api_key=api_key,
+        triton_tls=_tls(data, where, file, env),
+        public_url=_public_url(data, where, env),
     )
+
+
+def _public_url(data: dict[str, Any], where: str, env: Mapping[str, str]) -> str | None:
+    """`public_url` (SHEPHERD_PUBLIC_URL first): http(s)://host[/prefix] where `shepherd serve` is reached."""
+    value, origin = env.get(PUBLIC_URL_ENV) or data.get("public_url"), where
+    if env.get(PUBLIC_URL_ENV):
+        origin = f"environment {PUBLIC_URL_ENV}"
+    if value is None:
+        return None
+    text = _text(value, origin, "public_url").rstrip("/")
+    if not text.startswith(("http://", "https://")) or len(text.split("/")[2]) == 0:
+        raise _fail(origin, "public_url", f"expected http(s)://host[:port][/path], got {text!r}")
+    return text

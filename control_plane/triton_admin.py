@@ -9,7 +9,10 @@ Facts this is built around (see issue 4 and ../shared/notes/triton-on-cpu.md):
 - the repository API may be restricted by a key (`tritonserver --grpc-restricted-protocol=
   model-repository,...:shepherd-api-key=<key>`): with `api_key` every repository call (index, load,
   unload) carries the gRPC header `triton-grpc-protocol-shepherd-api-key`, and a refusal for want of
-  it is TritonAccessDenied, never a failed load. The key is masked in every message.
+  it is TritonAccessDenied, never a failed load. The key is masked in every message;
+- gRPC may run over TLS (`tls`, a probes.channel.GrpcTls read once at start from `triton_tls`):
+  a handshake that fails (untrusted certificate, wrong name, a plaintext client on a TLS port) is
+  TritonUnreachable with a sentence on what TLS said, never a failed load.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import tritonclient.grpc as grpcclient
 from google.protobuf import json_format
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 from tritonclient.utils import InferenceServerException
 
 from control_plane.errors import TritonAccessDenied, TritonLoadFailed, TritonUnloadFailed, TritonUnreachable
+from probes.channel import GrpcTls, grpc_client, tls_hint
 
 LIVE_STATES = frozenset({"READY", "LOADING", "UNLOADING"})
 API_KEY_HEADER = "shepherd-api-key"  # HTTP header; Triton's flag names it after `<apis>:`
@@ -76,18 +79,25 @@ class TritonAdmin:
     """Repository-API calls over gRPC with errors translated into shepherd's tree.
 
     `api_key`: sent as a header on every repository call when Triton restricts that API; kept
-    private (not in repr, masked in every error).
+    private (not in repr, masked in every error). `tls`: the channel runs over TLS with these
+    certificates (None: plaintext).
     """
 
-    def __init__(self, grpc_url: str, *, timeout_s: float = 60.0, api_key: str | None = None) -> None:
+    def __init__(
+        self, grpc_url: str, *, timeout_s: float = 60.0, api_key: str | None = None, tls: GrpcTls | None = None
+    ) -> None:
         self.grpc_url = grpc_url
         self.timeout_s = timeout_s
+        self.tls = tls
         self._api_key = api_key or None
         self._headers = {GRPC_API_KEY_HEADER: api_key} if api_key else None
-        self._client = grpcclient.InferenceServerClient(grpc_url)
+        self._client = grpc_client(grpc_url, tls)
 
     def __repr__(self) -> str:
-        return f"TritonAdmin({self.grpc_url!r}, key={'set' if self._api_key else 'none'})"
+        return (
+            f"TritonAdmin({self.grpc_url!r}, key={'set' if self._api_key else 'none'}, "
+            f"tls={'mutual' if self.tls and self.tls.mutual else 'on' if self.tls else 'off'})"
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -151,7 +161,10 @@ class TritonAdmin:
             ) from exc
 
     def _masked(self, exc: InferenceServerException) -> str:
-        return mask(str(exc), self._api_key)
+        """The error's text, key masked, with what it says about TLS in front when it says something."""
+        text = mask(str(exc), self._api_key)
+        hint = tls_hint(text, self.tls)
+        return f"{hint}: {text}" if hint else text
 
     def _unreachable_or(self, exc: InferenceServerException) -> None:
         """Raise TritonUnreachable when `exc` is a connection failure; return so the caller names the refusal."""

@@ -157,6 +157,11 @@ def read_indexes(rt: Runtime, replicas: tuple[Replica, ...]) -> tuple[ReplicaVie
         except TritonAccessDenied:
             raise
         except TritonUnreachable as exc:
+            # A fresh channel next time: gRPC's reconnect backoff on the old one can keep a
+            # restarted replica "unreachable" for several passes after it came back.
+            stale = rt.admins.pop(replica.grpc, None)
+            if stale is not None:
+                stale.close()
             return ReplicaView(replica, None, exc)
 
     views: tuple[ReplicaView, ...]

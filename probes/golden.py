@@ -28,6 +28,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from probes.channel import GrpcTls, grpc_client
 from probes.errors import ProbeFailed
 
 MAX_MESSAGES = 5
@@ -224,10 +225,12 @@ def send_probe(
     batch_size: int = 8,
     timeout_s: float = 10.0,
     limit_rows: int | None = None,
+    tls: GrpcTls | None = None,
 ) -> ProbeRun:
     """Send the golden rows to `model` version `version`, `batch_size` rows per request.
 
-    Output names default to every output the model returns (those of its metadata).
+    Output names default to every output the model returns (those of its metadata); `tls`: gRPC
+    over TLS with these certificates (None: plaintext), as for every function here.
     Example: send_probe("127.0.0.1:8001", "scale", 2, {"x": np.ones((16, 4), np.float32)})
     """
     return send_paired_probes(
@@ -239,6 +242,7 @@ def send_probe(
         batch_size=batch_size,
         timeout_s=timeout_s,
         limit_rows=limit_rows,
+        tls=tls,
     )[_explicit_version(version)]
 
 
@@ -253,6 +257,7 @@ def send_paired_probes(
     rounds: int = 1,
     timeout_s: float = 10.0,
     limit_rows: int | None = None,
+    tls: GrpcTls | None = None,
 ) -> dict[str, ProbeRun]:
     """Send the same golden rows to several versions, interleaved request by request.
 
@@ -272,6 +277,7 @@ def send_paired_probes(
         rounds=rounds,
         timeout_s=timeout_s,
         limit_rows=limit_rows,
+        tls=tls,
     )
     return {version: run for (_, version), run in runs.items()}
 
@@ -286,6 +292,7 @@ def send_interleaved(
     rounds: int = 1,
     timeout_s: float = 10.0,
     limit_rows: int | None = None,
+    tls: GrpcTls | None = None,
 ) -> dict[tuple[str, str], ProbeRun]:
     """Send the same golden rows to several (gRPC address, version) targets, interleaved request by request.
 
@@ -304,7 +311,7 @@ def send_interleaved(
         raise ProbeFailed(f"timeout_s must be positive, got {timeout_s}")
     chunks = _chunks(inputs, batch_size, limit_rows)
     collectors = {key: _Collector(model, key[1]) for key in keys}
-    clients = {url: grpcclient.InferenceServerClient(url) for url in dict.fromkeys(url for url, _ in keys)}
+    clients = {url: grpc_client(url, tls) for url in dict.fromkeys(url for url, _ in keys)}
     try:
         turn = 0
         for round_index in range(rounds):

@@ -26,9 +26,9 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from probes.channel import GrpcTls, grpc_client
 from probes.errors import ProbeFailed
 from probes.golden import MAX_MESSAGES, check_inputs, to_infer_inputs
 
@@ -73,7 +73,8 @@ class LoadGenerator:
     """Threads that send the same request again and again until stopped, out of time or out of count.
 
     `inputs` is sent whole as each request (its rows are one batch). `pause_s` puts a pause
-    between one thread's requests to keep the load gentle on a small machine.
+    between one thread's requests to keep the load gentle on a small machine. `tls`: gRPC over
+    TLS with these certificates (None: plaintext).
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class LoadGenerator:
         pause_s: float = 0.0,
         timeout_s: float = 10.0,
         allow_remote: bool = False,
+        tls: GrpcTls | None = None,
     ) -> None:
         if concurrency < 1:
             raise ProbeFailed(f"concurrency must be at least 1, got {concurrency}")
@@ -106,6 +108,7 @@ class LoadGenerator:
         self.max_requests = max_requests
         self.pause_s = pause_s
         self.timeout_s = timeout_s
+        self.tls = tls
         self._arrays = check_inputs(inputs)
         to_infer_inputs(self._arrays)  # a dtype Triton cannot take fails here, not in a thread
         self._lock = threading.Lock()
@@ -199,7 +202,7 @@ class LoadGenerator:
                     self._served_by[served_by] += 1
 
     def _worker(self) -> None:
-        client = grpcclient.InferenceServerClient(self.grpc_url)
+        client = grpc_client(self.grpc_url, self.tls)
         tensors = to_infer_inputs(self._arrays)
         try:
             while self._claim():

@@ -242,7 +242,10 @@ def test_compose_keys_tritons_repository_api_and_checks_liveness() -> None:
 
 
 # -- kustomize, the part used here ------------------------------------------------------------------
-KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "namespace", "resources", "patches", "images", "replicas"}
+KUSTOMIZATION_FIELDS = {
+    "apiVersion", "kind", "namespace", "resources", "patches", "images", "replicas", "configMapGenerator",
+    "generatorOptions",
+}  # fmt: skip
 CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
@@ -308,7 +311,9 @@ def render(folder: Path) -> list[dict[str, Any]]:
 
     resources: files (several YAML documents each) and folders (rendered first); patches: JSON6902
     operations (inline or a file) on the one object named by `target` {kind, name}; images: newName,
-    newTag or digest; replicas; namespace: on every namespaced object without one.
+    newTag or digest; replicas; namespace: on every namespaced object without one; configMapGenerator:
+    `files` (keyed by file name) with `options` labels and annotations, only with
+    `generatorOptions.disableNameSuffixHash` (kustomize's name hash is not implemented here).
     """
     kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text(encoding="utf-8"))
     unknown = set(kustomization) - KUSTOMIZATION_FIELDS
@@ -321,6 +326,7 @@ def render(folder: Path) -> list[dict[str, Any]]:
             documents += render(path)
         else:
             documents += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+    documents += _generated_config_maps(folder, kustomization)
     for patch in kustomization.get("patches", []):
         assert set(patch) <= {"target", "patch", "path"} and set(patch["target"]) <= {"kind", "name"}, patch
         text = patch["patch"] if "patch" in patch else (folder / patch["path"]).read_text(encoding="utf-8")
@@ -348,6 +354,30 @@ def render(folder: Path) -> list[dict[str, Any]]:
             if document["kind"] not in CLUSTER_SCOPED:
                 document["metadata"]["namespace"] = kustomization["namespace"]
     return documents
+
+
+def _generated_config_maps(folder: Path, kustomization: dict[str, Any]) -> list[dict[str, Any]]:
+    generators = kustomization.get("configMapGenerator", [])
+    if not generators:
+        return []
+    options = kustomization.get("generatorOptions", {})
+    assert options == {"disableNameSuffixHash": True}, f"{folder}: only generatorOptions.disableNameSuffixHash"
+    made = []
+    for generator in generators:
+        assert set(generator) <= {"name", "files", "options"}, generator
+        assert set(generator.get("options", {})) <= {"labels", "annotations"}, generator
+        data = {}
+        for entry in generator["files"]:
+            key, _, path = entry.rpartition("=") if "=" in entry else (Path(entry).name, "", entry)
+            source = (folder / path).resolve()
+            assert source.is_relative_to(folder.resolve()), f"{folder}: {path} is outside the kustomization"
+            data[key] = source.read_text(encoding="utf-8")
+        metadata: dict[str, Any] = {"name": generator["name"]}
+        for field in ("labels", "annotations"):
+            if field in generator.get("options", {}):
+                metadata[field] = dict(generator["options"][field])
+        made.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
+    return made
 
 
 @pytest.fixture(scope="module")

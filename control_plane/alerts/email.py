@@ -29,6 +29,7 @@ def render_email(event: AlertEvent, channel: EmailChannel) -> EmailMessage:
         f"at: {event.at.isoformat(timespec='seconds')}",
         "",
         f"reason: {event.reason}",
+        *([f"evidence, plotted: {event.link}"] if event.link else []),
         "",
         "evidence:",
         json.dumps(event.as_dict()["evidence"], indent=2, sort_keys=True),

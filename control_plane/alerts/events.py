@@ -29,6 +29,7 @@ class AlertEvent:
     at: datetime
     evidence: dict[str, Any] = field(default_factory=dict)
     severity: str = "info"
+    link: str | None = None  # the console page with the evidence (settings `public_url`), when one is set
 
     def __post_init__(self) -> None:
         if self.event not in ALERT_EVENTS:
@@ -42,8 +43,8 @@ class AlertEvent:
         return f"[shepherd] {self.event}: {self.model} version {self.version}"
 
     def as_dict(self) -> dict[str, Any]:
-        """The event as JSON (the generic webhook body)."""
-        return {
+        """The event as JSON (the generic webhook body); `link` only when a public URL is set."""
+        body = {
             "event": self.event,
             "model": self.model,
             "version": self.version,
@@ -52,6 +53,7 @@ class AlertEvent:
             "severity": self.severity,
             "evidence": plain_json(self.evidence, where="evidence", default=str),
         }
+        return body | ({"link": self.link} if self.link else {})
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,10 @@ def _slack(event: AlertEvent) -> dict[str, Any]:
         ("Severity", event.severity),
         ("At", event.at.isoformat(timespec="seconds")),
     ]
+    blocks: list[dict[str, Any]] = []
+    if event.link:
+        link = f"<{_slack_escape(event.link)}|Open the evidence in shepherd>"
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": link}})
     return {
         "text": _cut(f"{event.title}: {event.reason}", SLACK_TEXT_MAX),
         "blocks": [
@@ -47,6 +51,7 @@ def _slack(event: AlertEvent) -> dict[str, Any]:
                 "type": "section",
                 "fields": [{"type": "mrkdwn", "text": f"*{name}*\n{_slack_escape(value)}"} for name, value in fields],
             },
+            *blocks,
         ],
     }
 
@@ -61,6 +66,8 @@ def _wecom(event: AlertEvent) -> dict[str, Any]:
         f"> at: {event.at.isoformat(timespec='seconds')}\n\n"
         f"**reason:** {event.reason}"
     )
+    if event.link:
+        content = f"{content}\n\n[open the evidence in shepherd]({event.link})"
     raw = content.encode("utf-8")
     if len(raw) > WECOM_CONTENT_MAX_BYTES:
         content = raw[: WECOM_CONTENT_MAX_BYTES - 3].decode("utf-8", errors="ignore") + "…"

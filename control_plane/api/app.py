@@ -29,6 +29,7 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException
 
 from builders.errors import InvalidModelName, RepositoryError
+from control_plane import console
 from control_plane.api import actions, admin, metrics, reads
 from control_plane.api.context import RuntimeDep, errors
 from control_plane.api.schemas import Health, Ready
@@ -167,6 +168,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app.state.runtime = rt
     app.state.tokens = Tokens(rt.store.db)
     app.state.history_metrics = metrics.history_registry(rt.store)
+    console.install(app)  # the pages under /console (not in the API's schema)
     return app
 
 

@@ -20,8 +20,18 @@ try:  # typer 0.2x vendors click: its usage errors are typer._click's classes, n
 except ImportError:  # an older typer runs on click itself
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from control_plane.cli import build_cmd, demo_cmd, fleet_cmd, history_cmd, rollout_cmd, serve_cmd, token_cmd, triton_cmd
-from control_plane.cli.output import debug, print_error
+from control_plane.cli import (
+    build_cmd,
+    demo_cmd,
+    fleet_cmd,
+    history_cmd,
+    report_cmd,
+    rollout_cmd,
+    serve_cmd,
+    token_cmd,
+    triton_cmd,
+)
+from control_plane.cli.output import EXIT_CODES, debug, print_error
 from shepherd_errors import ShepherdError
 
 app = typer.Typer(
@@ -30,6 +40,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    epilog=EXIT_CODES,
 )
 
 
@@ -60,6 +71,7 @@ app.command("run")(rollout_cmd.run)
 app.command("tick")(rollout_cmd.tick)
 app.command("status")(history_cmd.status)
 app.command("history")(history_cmd.history)
+app.command("report")(report_cmd.report)
 app.command("promote")(rollout_cmd.promote)
 app.command("rollback")(rollout_cmd.rollback)
 app.command("pin")(rollout_cmd.pin)
