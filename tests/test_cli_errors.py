@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUGGY = """
 import sys
 from control_plane.cli import history_cmd, main
-def open_store(db):
+def open_store(db, config=None):
     raise RuntimeError("planted bug")
 history_cmd.open_store = open_store
 sys.exit(main(sys.argv[1:]))
