@@ -177,10 +177,14 @@ class FleetWatcher:
             thread.join()
 
     def _poll(self, replica: Replica) -> None:
-        # Its own subchannel pool: gRPC shares subchannels (and their reconnect backoff) between the
-        # channels of one process, and this watcher must see a restarted replica when it is up, not
-        # when the control plane's channel to it gets out of its backoff.
-        client = grpcclient.InferenceServerClient(replica.grpc, channel_args=[("grpc.use_local_subchannel_pool", 1)])
+        # Its own subchannel pool, and a new channel after every failed poll: gRPC shares subchannels
+        # (and their reconnect backoff) between the channels of one process, and a channel that failed
+        # waits out a growing backoff; this watcher must see a restarted replica when it is up, not
+        # when some channel to it gets out of its backoff.
+        def connect() -> grpcclient.InferenceServerClient:
+            return grpcclient.InferenceServerClient(replica.grpc, channel_args=[("grpc.use_local_subchannel_pool", 1)])
+
+        client = connect()
         try:
             while not self._stop.is_set():
                 try:
@@ -192,7 +196,8 @@ class FleetWatcher:
                     }
                     self.samples[replica.name].append((time.time(), states))
                 except Exception:
-                    pass
+                    client.close()
+                    client = connect()
                 self._stop.wait(self.every)
         finally:
             client.close()
@@ -1087,11 +1092,36 @@ def render(data: dict[str, Any], command: str) -> str:
         "",
     ]
     # 5. kill / restart
-    kills = data["kill"]
+    lines += kill_lines(data["kill"])
+    rerun = data.get("kill_rerun")
+    if rerun:
+        code = rerun.get("code") or {}
+        lines += [
+            f'Re-run of this phase alone after the fix "a restarted replica gets a fresh channel" (commit '
+            f"{code.get('head')}{' plus uncommitted changes' if code.get('uncommitted_files') else ''}), "
+            f"{rerun.get('date')}: `{rerun.get('command')}`; the index watcher now also opens a new channel after "
+            "each failed poll, so its own reconnect backoff cannot delay what it sees:",
+            "",
+            *kill_lines(rerun["kill"], heading=False),
+        ]
+    # 6. idle pass
+    idle = data.get("idle")
+    lines += [
+        f"### One idle pass over {(idle or {}).get('models', 50)} models x {(idle or {}).get('replicas', 3)} replicas",
+        "",
+    ]
+    if idle:
+        lines += idle_lines(idle)
+    else:
+        lines += ["Did not run or failed in this run; no figures.", ""]
+    return "\n".join(lines)
+
+
+def kill_lines(kills: list[dict[str, Any]], *, heading: bool = True) -> list[str]:
+    lines: list[str] = []
     first = kills[0]
     lines += [
-        "### A replica killed and restarted",
-        "",
+        *(["### A replica killed and restarted", ""] if heading else []),
         f"`LocalFleet.kill('{first['replica']}')` (SIGKILL of its process group) under the client load, passes "
         f"going on every {first['pass_interval_s']:g} s without it, then `LocalFleet.restart` after the outage given "
         "(same ports; in explicit mode it serves nothing until loaded). Stable versions wanted back: "
@@ -1161,17 +1191,7 @@ def render(data: dict[str, Any], command: str) -> str:
             "it meet a model it does not serve (`NOT_FOUND`) until the repairing pass is done."
         )
     lines.append("")
-    # 6. idle pass
-    idle = data.get("idle")
-    lines += [
-        f"### One idle pass over {(idle or {}).get('models', 50)} models x {(idle or {}).get('replicas', 3)} replicas",
-        "",
-    ]
-    if idle:
-        lines += idle_lines(idle)
-    else:
-        lines += ["Did not run or failed in this run; no figures.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def idle_lines(idle: dict[str, Any]) -> list[str]:
@@ -1413,11 +1433,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="folder for fleet.json and fleet.md")
     parser.add_argument("--write-docs", action="store_true", help="replace the Fleet section of docs/benchmarks.md")
     parser.add_argument("--render", action="store_true", help="only re-render --out's fleet.json")
+    parser.add_argument(
+        "--kill-from", type=Path, help="with --render: add the kill phase of the fleet.json in this folder (a re-run)"
+    )
     args = parser.parse_args(argv)
     if args.render:
         if args.out is None:
             raise SystemExit("--render needs --out")
         data = json.loads((args.out / "fleet.json").read_text())
+        if args.kill_from is not None:
+            other = json.loads((args.kill_from / "fleet.json").read_text())
+            data["kill_rerun"] = {k: other.get(k) for k in ("kill", "code", "command", "date")}
     else:
         with tempfile.TemporaryDirectory(prefix="shepherd-bench-fleet-") as scratch:
             data = run(args, Path(scratch))

@@ -101,6 +101,54 @@ def score(golden: Golden, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     return {}
 
 
+def per_row(golden: Golden, outputs: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """Per-row figures of `outputs` on the golden set, for the judge's paired tests (None without labels).
+
+    {"metric": "accuracy", "values": 0/1 per row} for classifiers; {"metric": "recall@10", "values":
+    recall per query} for embedders; {"metric": "auc", "values": score per row, "labels": clicks}
+    for rankers. Candidate and stable are scored on the same rows, so the judge pairs them row by row.
+    """
+    task, labels = golden.task, golden.labels
+    try:
+        if task in ("classifier", "intent") and labels is not None:
+            logits = _named(outputs, "logits")
+            correct = np.argmax(logits.reshape(logits.shape[0], -1), axis=1) == np.asarray(labels).reshape(-1)
+            return {"metric": "accuracy", "values": correct.astype(float).tolist()}
+        if task == "ranker" and labels is not None:
+            scores = next(iter(outputs.values())).reshape(-1).astype(float)
+            clicks = np.asarray(labels).reshape(-1).astype(int)
+            if scores.shape != clicks.shape:
+                return None
+            return {"metric": "auc", "values": scores.tolist(), "labels": clicks.tolist()}
+        if task == "embedder" and "n_queries" in golden.meta and "relevant" in golden.meta:
+            return {"metric": "recall@10", "values": _recalls(_named(outputs, "embedding"), golden.meta)}
+    except (ValueError, IndexError, StopIteration):
+        return None  # outputs that do not fit the golden set: quality cannot be compared (insufficient)
+    return None
+
+
+def _named(outputs: dict[str, np.ndarray], name: str) -> np.ndarray:
+    if name in outputs:
+        return np.asarray(outputs[name])
+    if len(outputs) == 1:
+        return np.asarray(next(iter(outputs.values())))
+    raise ValueError(f"outputs {sorted(outputs)} hold no {name!r}")
+
+
+def _recalls(embedding: np.ndarray, meta: dict[str, Any], k: int = 10) -> list[float]:
+    """Recall@k of each query with a relevant product, as `builders.quality.embedder_quality` averages it."""
+    count = int(meta["n_queries"])
+    flat = embedding.reshape(embedding.shape[0], -1).astype(np.float64)
+    flat = flat / np.where((norms := np.linalg.norm(flat, axis=1, keepdims=True)) > 0, norms, 1.0)
+    scores = flat[:count] @ flat[count:].T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [
+        len(set(top[row].tolist()) & set(wanted)) / len(set(wanted))
+        for row, wanted in enumerate(meta["relevant"])
+        if wanted
+    ]
+
+
 def agreement(golden: Golden, candidate: dict[str, np.ndarray], stable: dict[str, np.ndarray]) -> float | None:
     """How often the candidate agrees with the stable version on the same golden inputs."""
     from builders import quality

@@ -22,7 +22,7 @@ import numpy as np
 from control_plane import golden as golden_sets
 from control_plane.errors import TritonUnreachable
 from control_plane.fleet import Replica
-from control_plane.judging import Evidence
+from control_plane.judging import Evidence, QualityRows, WindowLatency
 from control_plane.live_metrics import LiveMetrics, LiveWindow
 from control_plane.policy import Policy
 from control_plane.runtime import Runtime
@@ -64,6 +64,7 @@ def observe_preflight(
         requests += extra.requests
         errors += extra.errors
     quality = golden_sets.score(golden, first.outputs) if first.outputs is not None else {}
+    rows = golden_sets.per_row(golden, first.outputs) if first.outputs is not None else None
     rt.store.evidence.add_probe_window(
         record.model,
         record.version,
@@ -76,7 +77,7 @@ def observe_preflight(
             "requests": requests,
             "errors": errors,
             "samples": latencies,
-            "raw": {"replica": replica.name},
+            "raw": {"replica": replica.name, "quality_rows": rows},
         },
     )
     return Observed()
@@ -145,13 +146,17 @@ def observe_step(
                 agreement=None, window=empty, on=(), lost=gone,
             )  # fmt: skip
         return Observed(errors=tuple(errors))
-    measured = any(w.quality is not None for w in seen)
+    stable_seen = rt.store.read.probe_windows(
+        model, stable.version, role="stable", rollout_id=rollout_id, step=step.step
+    )
+    measured = _rows_measured(seen) and _rows_measured(stable_seen)  # both sides, or the quality rows again
     inputs = golden_sets.rows(golden, len(seen), policy.probe_rows) if measured else golden_sets.quality_inputs(golden)
     targets = [(r.grpc, candidate.version) for r in where.candidate] + [(r.grpc, stable.version) for r in where.stable]
     runs = send_interleaved(
         targets, model, inputs, batch_size=policy.probe_batch_size, timeout_s=policy.probe_timeout_seconds,
         tls=rt.grpc_tls,
     )  # fmt: skip
+    runs = {key: _without_connect(run) for key, run in runs.items()}
     involved = list({r.name: r for r in (*where.candidate, *where.stable)}.values())
     window = live.window(model, involved, since)
     errors.extend(window.errors)
@@ -164,7 +169,8 @@ def observe_step(
         (candidate, cand_run, where.candidate, "candidate", where.candidate_lost),
         (stable, stable_run, where.stable, "stable", where.stable_lost),
     ):
-        quality = golden_sets.score(golden, run.outputs) if not measured and run.outputs is not None else {}
+        scored = not measured and run.outputs is not None
+        quality = golden_sets.score(golden, run.outputs) if scored and run.outputs is not None else {}
         _store_window(
             rt,
             record,
@@ -173,6 +179,7 @@ def observe_step(
             step=step.step,
             run=run,
             quality=quality.get("value"),
+            quality_rows=golden_sets.per_row(golden, run.outputs) if scored and run.outputs is not None else None,
             agreement=agree if role == "candidate" else None,
             window=window,
             on=on,
@@ -199,8 +206,8 @@ def observe_baseline(
     on = tuple(replicas[n] for n in step.roles if n in replicas)
     if not on:
         return Observed(errors=(TritonUnreachable(f"no replica of {stable.model}'s fleet is reachable"),))
-    # The quality rows once, then slices until p95_min_samples requests: this window is all the
-    # judge will have of stable, so it gets as many samples as a p95 comparison needs.
+    # The quality rows once, then slices until p95_min_samples requests: this window is all the judge
+    # will have of stable's error rate, so it gets enough requests to tell a few percent from none.
     runs = list(_send_to(on, stable, golden_sets.quality_inputs(golden), policy, rt.grpc_tls).values())
     outputs_run = merged(runs)
     for round_number in range(policy.preflight_rounds):
@@ -219,6 +226,7 @@ def observe_baseline(
         step=step.step,
         run=run,
         quality=quality.get("value"),
+        quality_rows=golden_sets.per_row(golden, run.outputs) if run.outputs is not None else None,
         agreement=None,
         window=window,
         on=on,
@@ -252,9 +260,11 @@ def _store_window(
     window: LiveWindow,
     on: tuple[Replica, ...],
     lost: tuple[str, ...] = (),
+    quality_rows: dict[str, Any] | None = None,
 ) -> None:
     """One version's window: its probes, and its live figures summed over `on`; missing when any
-    replica's figures are, or when a replica of its side (`lost`) could not be reached at all."""
+    replica's figures are, or when a replica of its side (`lost`) could not be reached at all.
+    `quality_rows`: per-row golden figures (`golden.per_row`) of a window that measured quality."""
     missing = sorted({*(r.name for r in on if r.name in window.missing), *lost})
     per_replica = {r.name: window.of(r.name, record.version) for r in on}
     server = None if missing else combined([s for s in per_replica.values() if s is not None])
@@ -263,6 +273,8 @@ def _store_window(
     figures["raw"]["replicas"] = {name: (s.as_dict() if s is not None else None) for name, s in per_replica.items()}
     figures["raw"]["live_missing"] = missing
     figures["raw"]["live_deferred"] = window.deferred
+    if quality_rows is not None:
+        figures["raw"]["quality_rows"] = quality_rows
     rt.store.evidence.add_probe_window(
         record.model,
         record.version,
@@ -272,6 +284,18 @@ def _store_window(
         ended_at=max(window.ended_at, window.started_at),
         figures=figures,
     )
+
+
+def _without_connect(run: ProbeRun) -> ProbeRun:
+    """The run without its first latency sample: a probe opens its connections anew, and the first
+    request on one pays for opening it (about x1.3 on a window's p90 measured here, always on the
+    side probed first). Its request and error still count."""
+    return replace(run, latencies_ms=run.latencies_ms[1:], sent_at=run.sent_at[1:]) if run.latencies_ms else run
+
+
+def _rows_measured(windows: list[ProbeWindowRecord]) -> bool:
+    """Whether one of the windows holds per-row quality (or, stored before per-row figures, quality)."""
+    return any(isinstance(w.raw.get("quality_rows"), dict) or w.quality is not None for w in windows)
 
 
 def _probe_one(
@@ -358,19 +382,24 @@ def _server_counts(window: ProbeWindowRecord) -> tuple[float, float] | None:
 
 
 def evidence_from_windows(version: int, windows: list[ProbeWindowRecord]) -> Evidence:
-    """One version's `Evidence` over all of `windows` (samples pooled, counts summed, quality averaged).
+    """One version's `Evidence` over all of `windows` (samples pooled and kept per window, counts
+    summed over complete windows, quality averaged, per-row quality from the first window that
+    measured it, the latest windows in a row with missing live figures).
 
     A figure that is missing, non-finite or negative in a stored window is "not measured" and left
     out, never an error: the judge must reach a decision (or the rollout its time limit) whatever
     one bad window holds.
     """
     samples: list[float] = []
+    per_window: list[WindowLatency] = []
     requests = errors = 0.0
     qualities = [q for q in (_finite(w.quality) for w in windows) if q is not None]
     agreements = [a for a in (_finite(w.agreement) for w in windows) if a is not None]
     server_p95 = [p for p in (_count(w.p95_ms) for w in windows) if p is not None]
     for w in windows:
-        samples.extend(s for s in (_count(x) for x in (w.samples or ())) if s is not None)
+        own = tuple(s for s in (_count(x) for x in (w.samples or ())) if s is not None)
+        samples.extend(own)
+        per_window.append(WindowLatency(at=_at(w), samples=own))
         if not _complete(w):
             continue  # its traffic, the probes' included, is in the next complete window's counts
         counts = _server_counts(w)
@@ -384,6 +413,11 @@ def evidence_from_windows(version: int, windows: list[ProbeWindowRecord]) -> Evi
             errors += probe_errors
     read = [w for w in windows if not w.raw.get("live_deferred")]
     last_missing = read[-1].raw.get("live_missing") if read else None
+    streak = 0
+    for w in reversed(read):
+        if not w.raw.get("live_missing"):
+            break
+        streak += 1
     return Evidence(
         version=version,
         latencies_ms=tuple(samples),
@@ -393,7 +427,32 @@ def evidence_from_windows(version: int, windows: list[ProbeWindowRecord]) -> Evi
         agreement=float(np.mean(agreements)) if agreements else None,
         server_p95_ms=server_p95[-1] if server_p95 else None,
         missing=tuple(str(name) for name in last_missing) if isinstance(last_missing, list) else (),
+        windows=tuple(per_window),
+        quality_rows=next((rows for rows in (_quality_rows(w) for w in windows) if rows is not None), None),
+        missing_streak=streak,
     )
+
+
+def _at(window: ProbeWindowRecord) -> float:
+    """The key that pairs a candidate window with stable's window of the same probe: its end (both
+    sides of a probe are stored with the same live window; its start repeats after an incomplete one)."""
+    return round(window.ended_at.timestamp(), 6)
+
+
+def _quality_rows(window: ProbeWindowRecord) -> QualityRows | None:
+    """The window's per-row golden figures, or None when it has none or they are malformed."""
+    rows = window.raw.get("quality_rows") if isinstance(window.raw, dict) else None
+    if not isinstance(rows, dict) or not isinstance(rows.get("metric"), str):
+        return None
+    values, labels = rows.get("values"), rows.get("labels", [])
+    if not isinstance(values, list) or not isinstance(labels, list) or not values:
+        return None
+    numbers = [_finite(v) for v in values]
+    if any(v is None for v in numbers) or any(isinstance(x, bool) or not isinstance(x, int) for x in labels):
+        return None
+    if labels and len(labels) != len(values):
+        return None
+    return QualityRows(metric=rows["metric"], values=tuple(float(v) for v in numbers if v is not None), labels=tuple(labels))
 
 
 def _complete(window: ProbeWindowRecord) -> bool:
@@ -425,9 +484,20 @@ def canary_evidence(
 
     Canary: the candidate on its canary replicas against stable on the baseline replicas, in the
     same step (same seconds, equal traffic). Bluegreen: the candidate after the cut-over against
-    stable's window of step 0, taken under all live traffic just before it.
+    stable's window of step 0, taken under all live traffic just before it; latency is paired with
+    stable's probes of the same step (the same replicas, the same seconds).
     """
     cand = rt.store.read.probe_windows(model, candidate, role="candidate", rollout_id=rollout_id, step=step.step)
-    base_step = 0 if step.strategy == "bluegreen" else step.step
-    base = rt.store.read.probe_windows(model, stable, role="stable", rollout_id=rollout_id, step=base_step)
-    return evidence_from_windows(candidate, cand), evidence_from_windows(stable, base)
+    same = rt.store.read.probe_windows(model, stable, role="stable", rollout_id=rollout_id, step=step.step)
+    if step.strategy != "bluegreen":
+        return evidence_from_windows(candidate, cand), evidence_from_windows(stable, same)
+    base = rt.store.read.probe_windows(model, stable, role="stable", rollout_id=rollout_id, step=0)
+    return evidence_from_windows(candidate, cand), bluegreen_stable(stable, base, same)
+
+
+def bluegreen_stable(stable: int, base: list[ProbeWindowRecord], same: list[ProbeWindowRecord]) -> Evidence:
+    """Stable's evidence for a bluegreen step: counts, quality and live figures from step 0 (`base`,
+    under all traffic before the cut-over), latency windows from the probes of the judged step
+    (`same`), which are paired with the candidate's."""
+    before = evidence_from_windows(stable, base)
+    return replace(before, windows=evidence_from_windows(stable, same).windows)

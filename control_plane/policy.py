@@ -3,7 +3,7 @@
 Why one frozen object: a decision is stored with the policy that produced it (`Policy.as_dict`), so
 a rollback can be explained later even after `shepherd.yaml` changed; and the judge stays a pure
 function of (evidence, policy). The defaults are tuned so the example models pass an A/A rollout
-and a 1.5x slower or 5%-failing candidate is caught within 60 s of probing (see docs/judging.md).
+and regressions are caught with the error rates docs/judging.md measures for each default.
 """
 
 from __future__ import annotations
@@ -97,8 +97,21 @@ class Policy:
     min_agreement: float | None = 0.9
     drain_seconds: float = 5.0
     promotion_windows: tuple[PromotionWindow, ...] = field(default_factory=tuple)
-    p95_min_samples: int = 100
+    p95_min_samples: int = 400  # requests of stable probed in a bluegreen step 0 (its only window)
     max_canary_seconds: float | None = 600.0
+    # The sequential judge (docs/judging.md): beta is the chance, per check, of promoting a version
+    # whose effect sits exactly on its margin; the tail margin bounds each window's p90 ratio; errors
+    # may rise to max(stable x (1 + max_error_increase), stable + error_floor); the breaker rolls
+    # back gross failures at the first look; warm-up windows are not judged for latency; live figures
+    # missing this many windows in a row roll the canary back.
+    beta: float = 0.05
+    max_tail_latency_increase: float = 0.25
+    max_error_increase: float = 0.5
+    error_floor: float = 0.01
+    breaker_latency_ratio: float = 3.0
+    breaker_error_rate: float = 0.2
+    warmup_windows: int = 1
+    max_consecutive_missing: int = 10
     # Limits of the probes and of Triton calls, here so that every number a decision depends on
     # is stored beside it (docs/judging.md says how each is used).
     tail_share: float = 0.05
@@ -119,7 +132,14 @@ class Policy:
     canary_steps: tuple[int | str, ...] = (1, "50%")
 
     def __post_init__(self) -> None:
-        for name in ("bake_seconds", "drain_seconds", "max_latency_increase", "max_quality_drop"):
+        for name in (
+            "bake_seconds",
+            "drain_seconds",
+            "max_latency_increase",
+            "max_quality_drop",
+            "max_tail_latency_increase",
+            "max_error_increase",
+        ):
             _non_negative(name, float(getattr(self, name)))
         _positive("probe_interval_seconds", float(self.probe_interval_seconds))
         for name in (
@@ -130,6 +150,7 @@ class Policy:
             "preflight_requests",
             "preflight_rounds",
             "preflight_attempts",
+            "max_consecutive_missing",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -137,6 +158,13 @@ class Policy:
         if self.min_samples < 3:
             raise ConfigError(f"min_samples must be >= 3 (a rank test needs a few samples), got {self.min_samples}")
         _fraction("alpha", float(self.alpha), open_low=True)
+        _fraction("beta", float(self.beta), open_low=True)
+        _fraction("error_floor", float(self.error_floor))
+        _fraction("breaker_error_rate", float(self.breaker_error_rate), open_low=True)
+        if not math.isfinite(float(self.breaker_latency_ratio)) or self.breaker_latency_ratio <= 1:
+            raise ConfigError(f"breaker_latency_ratio must be a finite number > 1, got {self.breaker_latency_ratio!r}")
+        if isinstance(self.warmup_windows, bool) or not isinstance(self.warmup_windows, int) or self.warmup_windows < 0:
+            raise ConfigError(f"warmup_windows must be a whole number >= 0, got {self.warmup_windows!r}")
         _fraction("tail_share", float(self.tail_share), open_low=True)
         for name in ("probe_timeout_seconds", "metrics_timeout_seconds", "unload_wait_seconds"):
             _positive(name, float(getattr(self, name)))

@@ -21,6 +21,7 @@ except ImportError:  # an older typer runs on click itself
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
 from control_plane.cli import (
+    backtest_cmd,
     build_cmd,
     demo_cmd,
     fleet_cmd,
@@ -71,6 +72,7 @@ app.command("run")(rollout_cmd.run)
 app.command("tick")(rollout_cmd.tick)
 app.command("status")(history_cmd.status)
 app.command("history")(history_cmd.history)
+app.command("backtest")(backtest_cmd.backtest)
 app.command("report")(report_cmd.report)
 app.command("promote")(rollout_cmd.promote)
 app.command("rollback")(rollout_cmd.rollback)
