@@ -121,8 +121,13 @@ class DirectMetrics:
             for (name, version), figures in per_version.items():
                 if name == model:
                     stats[(replica.name, version)] = figures
-        if not missing:  # else every mark stays: the next window covers this one's traffic on every replica
+        if not missing:
             self.store.fleet.put_marks(model, new_marks)
+        else:  # every mark stays (the next window covers this one's traffic on every replica), but a
+            # replica seen for the first time starts now: without a start it would be missing forever
+            fresh = {name: mark for name, mark in new_marks.items() if name not in marks}
+            if fresh:
+                self.store.fleet.put_marks(model, fresh)
         return LiveWindow(
             started_at=min(starts),
             ended_at=datetime.now(UTC),

@@ -75,11 +75,16 @@ R = TypeVar("R")
 
 # -- one pass -------------------------------------------------------------------------------------
 def tick(rt: Runtime) -> TickReport:
-    """One full cycle: reconcile, probe, judge (what `shepherd tick` and each scheduler round run)."""
+    """One full cycle: reconcile, probe, judge (what `shepherd tick` runs).
+
+    The history is read once when the pass has nothing to do: probe and judge reuse the snapshot
+    reconcile read as long as no step before them acted (an action may have changed the history).
+    """
     report = TickReport()
-    reconcile(rt, report)
-    probe(rt, report)
-    judge(rt, report)
+    world = reconcile_world(rt, report)
+    unchanged = world.store if world is not None and not report.actions else None
+    probe(rt, report, store=unchanged)
+    judge(rt, report, store=unchanged if not report.actions else None)
     return report
 
 
@@ -89,22 +94,28 @@ def reconcile(rt: Runtime, report: TickReport | None = None) -> TickReport:
     A model whose files or history are broken is reported and skipped; the others go on.
     """
     report = report or TickReport()
+    reconcile_world(rt, report)
+    return report
+
+
+def reconcile_world(rt: Runtime, report: TickReport) -> World | None:
+    """`reconcile`, returning the world read at the start of the pass (None when none could be read)."""
     with rt.lock:
         try:
             world = read_world(rt)
         except ShepherdError as exc:  # no Triton, no history, no fleet or no repository: nothing to reconcile
             report.fail(exc)
-            return report
+            return None
         try:
             record_fleet_health(rt, report, world)
         except StoreError as exc:
             report.fail(exc)
-            return report
+            return None
         sweep_preflight_aliases(rt, report, world)
         # Models are independent: what is done to one changes no row or index entry of another,
         # so each starts from the world read at the start of the pass.
         for_each(report, world.catalogue.kinds, lambda model: reconcile_model(rt, report, world, model))
-    return report
+    return world
 
 
 def for_each(report: TickReport, items: Iterable[T], step: Callable[[T], object]) -> None:
@@ -563,11 +574,13 @@ def record_wait(
 
 
 # -- canaries -------------------------------------------------------------------------------------
-def probe(rt: Runtime, report: TickReport | None = None) -> TickReport:
-    """Probe every canary: its candidate and stable sides, over the same seconds (after making sure both serve)."""
+def probe(rt: Runtime, report: TickReport | None = None, *, store: StoreSnapshot | None = None) -> TickReport:
+    """Probe every canary: its candidate and stable sides, over the same seconds (after making sure both serve).
+
+    `store`: a snapshot of the history still current (read now when None)."""
     report = report or TickReport()
     with rt.lock:
-        for_each(report, _canaries(rt, report), lambda canary: probe_canary(rt, report, *canary))
+        for_each(report, _canaries(rt, report, store=store), lambda canary: probe_canary(rt, report, *canary))
     return report
 
 
@@ -614,11 +627,16 @@ def probe_canary(
     )
 
 
-def judge(rt: Runtime, report: TickReport | None = None, *, model: str | None = None) -> TickReport:
-    """Judge every canary (of `model`, or of all models) on the evidence of its current step."""
+def judge(
+    rt: Runtime, report: TickReport | None = None, *, model: str | None = None, store: StoreSnapshot | None = None
+) -> TickReport:
+    """Judge every canary (of `model`, or of all models) on the evidence of its current step.
+
+    `store`: a snapshot of the history still current (read now when None)."""
     report = report or TickReport()
     with rt.lock:
-        for_each(report, _canaries(rt, report, model=model), lambda canary: judge_canary(rt, report, *canary))
+        canaries = _canaries(rt, report, model=model, store=store)
+        for_each(report, canaries, lambda canary: judge_canary(rt, report, *canary))
     return report
 
 
@@ -709,18 +727,19 @@ def next_canary_step(
 
 
 def _canaries(
-    rt: Runtime, report: TickReport, *, model: str | None = None
+    rt: Runtime, report: TickReport, *, model: str | None = None, store: StoreSnapshot | None = None
 ) -> list[tuple[VersionRecord, VersionRecord, RolloutRecord, RolloutStepRecord]]:
     """Each canary of an unpinned model with its stable version, open rollout and current step, from one read.
 
     A canary whose rollout or first step was never recorded (a crash right after it entered
     canary, or a history from before fleets) gets them now.
     """
-    try:
-        store = rt.store.read.snapshot()
-    except StoreError as exc:
-        report.fail(exc)
-        return []
+    if store is None:
+        try:
+            store = rt.store.read.snapshot()
+        except StoreError as exc:
+            report.fail(exc)
+            return []
     found = []
     for record in store.versions:
         if record.state != State.canary or (model is not None and record.model != model):

@@ -110,6 +110,30 @@ def test_first_version_is_promoted_on_preflight(
     assert infer(triton, "clf").shape == (4, 4)
 
 
+def test_an_idle_pass_reads_the_history_and_the_index_once(
+    rt: Runtime, repo: ModelRepository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing to do, one tick takes one snapshot of the history and reads Triton's index once:
+    probe and judge reuse reconcile's snapshot (issue 9's goal for an idle pass)."""
+    establish_stable(rt, repo, tmp_path)
+    reconciler.tick(rt)  # the drain and any last unload: the next pass is idle
+    calls: dict[str, int] = {"snapshot": 0, "index": 0}
+
+    def counted(name: str, real: Callable[..., object]) -> Callable[..., object]:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(rt.store.read, "snapshot", counted("snapshot", rt.store.read.snapshot))
+    admin = next(iter(rt.admins.values()))
+    monkeypatch.setattr(admin, "index", counted("index", admin.index))
+    report = reconciler.tick(rt)
+    assert report.actions == [] and report.errors == []
+    assert calls == {"snapshot": 1, "index": 1}, calls
+
+
 def test_slower_version_is_rolled_back(rt: Runtime, repo: ModelRepository, tmp_path: Path, triton: LocalTriton) -> None:
     stable = establish_stable(rt, repo, tmp_path)
     slow = publish(repo, tmp_path / "build", "clf", "slow")
