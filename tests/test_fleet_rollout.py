@@ -345,3 +345,26 @@ def test_direct_windows_continue_from_the_mark_another_process_stored(
     assert stats is not None and stats.requests == 37 and stats.failures == 0
     later = again.of("r0", version)
     assert later is not None and later.requests == 0  # nothing counted twice
+
+
+def test_a_replica_with_no_mark_is_missing_once_then_counted(
+    repo: ModelRepository, tmp_path: Path, triton: LocalTriton
+) -> None:
+    """Without a stored start (its metrics were down when the rollout marked it, or it just joined)
+    a window cannot be read: missing, never a window of no traffic; but it starts then, so the next
+    window counts it (before, it stayed missing for good and its canary was rolled back for it)."""
+    version = publish(repo, tmp_path / "build", "clf", "good")
+    admin = TritonAdmin(triton.state.grpc_url)
+    admin.load_versions("clf", repo.read_config("clf"), [version])
+    admin.close()
+    replica = Replica("r0", triton.state.grpc_url, f"127.0.0.1:{triton.state.metrics_port}")
+    x, _ = golden_set()
+    with Store.open(f"sqlite:///{tmp_path / 'marks.db'}") as store:
+        live = live_metrics(MetricsSource(), store, timeout_s=5)
+        first = live.window("clf", [replica], since=utc_now())
+        with LoadGenerator(triton.state.grpc_url, "clf", {"x": x[:4]}, concurrency=1, max_requests=11) as clients:
+            sent = clients.wait(60)
+        second = live.window("clf", [replica], since=utc_now())
+    assert first.missing == ("r0",) and first.of("r0", version) is None
+    stats = second.of("r0", version)
+    assert sent.requests == 11 and second.missing == () and stats is not None and stats.requests == 11
