@@ -485,11 +485,10 @@ def real_rollouts(aa: int, slow: int, interval: float, heavy: int, timeout: floa
     """
     import tempfile
 
+    from bench.control_plane_harness import runtime_for
     from builders.repository import ModelRepository
     from control_plane import reconciler
     from control_plane.local_triton import LocalTriton
-    from control_plane.runtime import open_runtime
-    from control_plane.settings import load_settings
     from control_plane.store.models import State
     from probes.load import LoadGenerator
     from tests.classifier_models import golden_set, publish
@@ -502,17 +501,7 @@ def real_rollouts(aa: int, slow: int, interval: float, heavy: int, timeout: floa
     x, _ = golden_set()
     results: dict[str, list[dict[str, Any]]] = {"aa": [], "slow": []}
     with LocalTriton(repo.root, state_dir=tmp / "triton") as triton:
-        settings = load_settings(
-            config,
-            overrides={
-                "repo": repo.root,
-                "triton_grpc": triton.state.grpc_url,
-                "triton_metrics": f"127.0.0.1:{triton.state.metrics_port}",
-                "db_url": f"sqlite:///{tmp / 'history.db'}",
-            },
-            env={},
-        )
-        rt = open_runtime(settings)
+        rt = runtime_for(config, repo, triton, f"sqlite:///{tmp / 'history.db'}")
 
         def state(version: int) -> State | None:
             record = rt.store.read.get_version("clf", version)

@@ -22,7 +22,8 @@
     │   ├── FleetUnresolved         the fleet's DNS name resolved to nothing, or the lookup failed
     │   ├── FleetToolMissing        HAProxy or Prometheus (the local fleet's parts) is not installed
     │   ├── FleetStartFailed        a part of the local fleet died or never became ready
-    │   └── FleetNotRunning         `fleet status` / `fleet down` found no local fleet
+    │   ├── FleetNotRunning         `fleet status` / `fleet down` found no local fleet
+    │   └── ServingManifestError    the serving manifest (what every replica must serve) cannot be written or read
     └── ApiError                    shepherd's own HTTP API (`--server URL`): unreachable, or it failed the request
         └── ApiAccessDenied         the API refused the token: none, unknown or revoked (401), or its role is too low (403)
 
@@ -158,6 +159,16 @@ class FleetNotRunning(FleetError):
     """`shepherd fleet status` or `fleet down` found no local fleet at the state file."""
 
     exit_code = 64
+
+
+class ServingManifestError(FleetError):
+    """The serving manifest (control_plane/serving_manifest.py) cannot be written, or is not one.
+
+    A pass that cannot write it reports this and goes on; a readiness check that cannot read it
+    fails open (ready when Triton is), so a control-plane fault never takes a healthy fleet out.
+    """
+
+    exit_code = 65
 
 
 class ApiError(ControlPlaneError):
