@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from builders.errors import BuilderError
 from builders.repository import PREFLIGHT_SUFFIX
 from control_plane import golden as golden_sets
-from control_plane import integrity, observe, serving, strategies
+from control_plane import integrity, observe, serving, serving_manifest, strategies
 from control_plane.errors import (
     BrokenGoldenSet,
     StoreError,
@@ -115,6 +115,7 @@ def reconcile_world(rt: Runtime, report: TickReport) -> World | None:
         # Models are independent: what is done to one changes no row or index entry of another,
         # so each starts from the world read at the start of the pass.
         for_each(report, world.catalogue.kinds, lambda model: reconcile_model(rt, report, world, model))
+        serving_manifest.record(rt.repo.root, report, world)  # what the replicas' readiness checks demand
     return world
 
 

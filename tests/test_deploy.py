@@ -514,7 +514,7 @@ def test_triton_runs_explicit_keyed_and_probed_on_live_and_lenient_ready(
     assert shepherd_key["valueFrom"]["secretKeyRef"] == triton_key  # one key, both sides
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"  # lenient: --strict-readiness=false
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"  # the sidecar's gate (test below)
     models = next(m for m in container["volumeMounts"] if m["mountPath"] == "/models")
     assert models["readOnly"] is True
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
@@ -523,6 +523,45 @@ def test_triton_runs_explicit_keyed_and_probed_on_live_and_lenient_ready(
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     shepherd_volumes = _one(documents, "Deployment", "shepherd")["spec"]["template"]["spec"]["volumes"]
     assert claim in {v.get("persistentVolumeClaim", {}).get("claimName") for v in shepherd_volumes}
+
+
+@pytest.mark.parametrize("variant", ["base", *OVERLAYS])
+def test_a_triton_pod_is_ready_only_through_its_readiness_sidecar_and_shepherd_still_sees_it(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    """The pod's readiness is `shepherd readiness` beside Triton (control_plane/readiness.py): it reads
+    the repository Triton serves, asks Triton over the pod's loopback with shepherd's key, and is the
+    port the Triton container's readinessProbe asks; the headless Service shepherd resolves lists
+    not-ready pods too, or a restarted pod would never be seen, so never loaded, so never ready."""
+    documents = rendered[variant]
+    deployment = _one(documents, "Deployment", "triton")
+    triton = _container(deployment, "tritonserver")
+    assert deployment["spec"]["template"]["spec"]["containers"][0] is triton  # the overlays patch containers/0
+    sidecar = _container(deployment, "readiness")
+    argv = sidecar["args"]
+    _parses_as_shepherd(argv)
+    options = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert argv[0] == "readiness" and set(options) == {"--repo", "--triton-grpc", "--listen"}
+    triton_mounts = {m["mountPath"]: m for m in triton["volumeMounts"]}
+    sidecar_mounts = {m["mountPath"]: m for m in sidecar["volumeMounts"]}
+    models = next(a.split("=", 1)[1] for a in triton["args"] if a.startswith("--model-repository="))
+    assert options["--repo"] == models and sidecar_mounts[models]["name"] == triton_mounts[models]["name"]
+    assert sidecar_mounts[models]["readOnly"] is True
+    ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
+    assert options["--triton-grpc"] == f"127.0.0.1:{ports['grpc']}"  # this pod's own Triton, never the Service
+    host, port = options["--listen"].rsplit(":", 1)
+    assert host == "0.0.0.0" and {p["containerPort"] for p in sidecar["ports"]} == {int(port)}
+    probe = triton["readinessProbe"]["httpGet"]
+    assert (probe["path"], probe["port"]) == ("/ready", int(port))  # a number: the port is the sidecar's
+    assert sidecar["livenessProbe"]["httpGet"]["path"] == "/live"
+    key = next(e for e in sidecar["env"] if e["name"] == "SHEPHERD_TRITON_API_KEY")
+    secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in triton["env"] if "valueFrom" in e}
+    assert key["valueFrom"]["secretKeyRef"] == secret_env["TRITON_API_KEY"]  # the key Triton was started with
+    assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
+    services = {s["metadata"]["name"]: s["spec"] for s in _all(documents, "Service")}
+    assert services["triton-replicas"].get("publishNotReadyAddresses") is True  # shepherd's fleet discovery
+    assert not services["triton"].get("publishNotReadyAddresses")  # clients: ready pods only
+    assert int(port) not in {p["port"] for p in services["triton"]["ports"]}
 
 
 def test_replicas_per_variant(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -206,10 +206,15 @@ def test_cli_fleet_balances_per_request_serves_a_canary_on_one_replica_and_stops
         assert by_name["r0"]["models"] == {"scale": ["2"]}
         assert by_name["r1"]["models"] == by_name["r2"]["models"] == {"scale": ["1"]}
         assert all(r["live"] and r["ready"] and r["balancer"] == {"grpc": "UP", "http": "UP"} for r in by_name.values())
+        # Each replica's readiness check (what HAProxy asks): ready, failing open (shepherd wrote no manifest here).
+        assert all(
+            r["readiness"]["ready"] is True and "fail-open" in r["readiness"]["reason"] for r in by_name.values()
+        )
         keyless = json.loads(shepherd("fleet", "status", "--state-dir", str(state_dir), "--json").stdout)
         assert all(r["models"] == {} and "key" in r["error"] for r in keyless["replicas"])  # the index wants the key
 
-        groups = [r["pid"] for r in summary["replicas"]] + [summary["haproxy_pid"], summary["prometheus_pid"]]
+        groups = [r[pid] for r in summary["replicas"] for pid in ("pid", "readiness_pid")]
+        groups += [summary["haproxy_pid"], summary["prometheus_pid"]]
         stubs = [p for r in summary["replicas"] for p in group_processes(r["pid"]) if p != r["pid"]]
         assert len(stubs) >= 3, "each replica runs its Python stubs in its own process group"
     finally:

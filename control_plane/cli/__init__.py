@@ -26,6 +26,7 @@ from control_plane.cli import (
     demo_cmd,
     fleet_cmd,
     history_cmd,
+    readiness_cmd,
     report_cmd,
     rollout_cmd,
     serve_cmd,
@@ -79,6 +80,7 @@ app.command("rollback")(rollout_cmd.rollback)
 app.command("pin")(rollout_cmd.pin)
 app.command("demo")(demo_cmd.demo)
 app.command("serve")(serve_cmd.serve)
+app.command("readiness")(readiness_cmd.readiness)
 app.add_typer(token_cmd.app, name="token")
 
 

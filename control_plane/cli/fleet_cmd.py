@@ -1,7 +1,8 @@
 """`shepherd fleet up|status|down`: N real local Tritons behind HAProxy, scraped by Prometheus.
 
 Everything binds 127.0.0.1. `up` prints the endpoints and writes the fleet file that `--fleet`
-reads; `status` asks each replica directly; `down` stops every process of the fleet. The key of
+reads; every replica gets a readiness check beside it (`shepherd readiness`), which HAProxy's health
+checks ask; `status` asks each replica and its check directly; `down` stops every process of the fleet. The key of
 the replicas' repository API comes from `--api-key-env NAME`, never from the command line.
 Exit codes: 62 HAProxy or Prometheus missing, 63 a part failed to start (its log's last lines with
 SHEPHERD_DEBUG=1), 64 no fleet runs at the state directory; the Triton codes (11-14) as for
@@ -63,8 +64,9 @@ def up(
             "--base-port",
             min=1,
             max=65535,
-            help="Use the block of 3N+4 ports from here (replica i: http B+3i, grpc B+3i+1, metrics B+3i+2; "
-            "then the load balancer's grpc, http and stats ports and Prometheus). Default: free ports.",
+            help="Use the block of 4N+4 ports from here (replica i: http B+3i, grpc B+3i+1, metrics B+3i+2; "
+            "then the load balancer's grpc, http and stats ports, Prometheus, and replica i's readiness "
+            "check at B+3N+4+i). Default: free ports.",
         ),
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds each part may take to become ready.")] = 120.0,
@@ -101,6 +103,7 @@ def up(
         if progress.live.is_started:
             progress.stop()
     rows = [(r.name, r.replica.grpc, r.http, r.replica.metrics, r.pid) for r in state.replicas]
+    rows += [(f"{r.name} readiness", "", r.readiness_url, "", r.readiness_pid) for r in state.replicas]
     rows.append(
         ("load balancer (haproxy)", state.balancer_grpc, state.balancer_http, state.stats_url, state.haproxy.pid)
     )
@@ -121,13 +124,14 @@ def status(state_dir: StateDir = DEFAULT_STATE_DIR, api_key_env: ApiKeyEnv = Non
         return
     print_table(
         "Replicas",
-        ["replica", "grpc", "live", "ready", "haproxy grpc/http", "versions (READY)"],
+        ["replica", "grpc", "live", "ready", "readiness check", "haproxy grpc/http", "versions (READY)"],
         [
             (
                 r.name,
                 r.grpc,
                 _yes(r.live),
                 _yes(r.ready),
+                _gate(r.readiness),
                 "/".join(r.balancer.get(side, "?") for side in ("grpc", "http")),
                 "; ".join(f"{model}: {', '.join(versions)}" for model, versions in r.models.items())
                 or (r.error or "none"),
@@ -147,7 +151,11 @@ def status(state_dir: StateDir = DEFAULT_STATE_DIR, api_key_env: ApiKeyEnv = Non
 def down(state_dir: StateDir = DEFAULT_STATE_DIR, as_json: Json = False) -> None:
     """Stop every process of the fleet: the tritonservers with their Python stubs, HAProxy, Prometheus."""
     state = local_fleet.down(state_dir)
-    pids = {r.name: r.pid for r in state.replicas} | {"haproxy": state.haproxy.pid, "prometheus": state.prometheus.pid}
+    pids = (
+        {r.name: r.pid for r in state.replicas}
+        | {f"{r.name} readiness": r.readiness_pid for r in state.replicas}
+        | {"haproxy": state.haproxy.pid, "prometheus": state.prometheus.pid}
+    )
     if as_json:
         print_json({"stopped": True, "state_dir": state.state_dir, "pids": pids})
         return
@@ -158,3 +166,10 @@ def down(state_dir: StateDir = DEFAULT_STATE_DIR, as_json: Json = False) -> None
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "NO"
+
+
+def _gate(readiness: dict[str, object]) -> str:
+    """The check's answer in a cell: "ready", or "NOT ready: <reason>"."""
+    if readiness.get("ready") is None:
+        return f"NO ANSWER ({readiness.get('reason', '')})"
+    return "ready" if readiness["ready"] else f"NOT ready: {readiness.get('reason', '')}"

@@ -25,9 +25,9 @@ EXIT_CODES = """Exit codes: 0 ok · 1 a bug · 2 usage (an unknown option, a bad
 
 30-34 repository (bad name, broken config.pbtxt or manifest.json, version exists) · 40-44 build (source,
 verification, TensorRT unavailable, export, build step) · 50-54 probes (50 other, 51 metrics unreachable,
-52 bad arguments, 53 malformed metrics, 54 impossible window) · 60-64 fleet (60 other, 61 DNS name resolved to
-nothing, 62 HAProxy or Prometheus missing, 63 a part died during `fleet up`, 64 no local fleet) · 70 the API gave
-no answer (--server) · 71 the API refused the token"""
+52 bad arguments, 53 malformed metrics, 54 impossible window) · 60-65 fleet (60 other, 61 DNS name resolved to
+nothing, 62 HAProxy or Prometheus missing, 63 a part died during `fleet up`, 64 no local fleet, 65 the serving
+manifest cannot be written) · 70 the API gave no answer (--server) · 71 the API refused the token"""
 
 # Piped output (CI logs, `| less`) gets a wide console instead of rich's 80-column fallback.
 _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))

@@ -8,14 +8,17 @@ comes back is repaired) can only be shown against real processes. `shepherd flee
                                    ├──> r0: tritonserver (http, grpc, metrics ports)
                                    ├──> r1: tritonserver           ...same model repository
                                    └──> r2: tritonserver
+    HAProxy's checks ──GET /ready──> each replica's readiness check (`shepherd readiness`, a sidecar:
+                                     ready only while its Triton serves the serving manifest's models)
     Prometheus (127.0.0.1) ──scrapes every 1 s──> each replica's metrics port
 
 and writes the fleet file (`control_plane.fleet.fleet_file_text`): the replicas by their own
 addresses, `metrics: {source: prometheus, url}` and `load_balancer: {grpc, http}`.
 
 The modules: `state` (the record in `<state dir>/fleet.json` and the port layout), `haproxy` and
-`prometheus` (their configurations and what they report), `processes` (starting, owning and
-stopping process groups), `control` (up, down, kill, restart), `health` (status).
+`prometheus` (their configurations and what they report), `sidecar` (each replica's readiness
+check), `processes` (starting, owning and stopping process groups), `control` (up, down, kill,
+restart), `health` (status).
 Everything binds 127.0.0.1. HAProxy and Prometheus come from Debian (`make system-deps`).
 
 Example:
@@ -23,6 +26,7 @@ Example:
         client = tritonclient.grpc.InferenceServerClient(fleet.grpc_url)    # through HAProxy
         fleet.kill("r2")                                                     # SIGKILL, as a crash
         fleet.restart("r2")                                                  # same ports, no model loaded
+        fleet.readiness("r2")     # {"ready": False, "missing": ["clf"], ...} until shepherd loads it
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from control_plane.errors import FleetNotRunning
 from control_plane.fleet import Replica
-from control_plane.local_fleet import haproxy
+from control_plane.local_fleet import haproxy, sidecar
 from control_plane.local_fleet.control import (
     Progress,
     default_state_dir,
@@ -146,8 +151,13 @@ class LocalFleet(contextlib.AbstractContextManager["LocalFleet"]):
             raise
         return self
 
+    def readiness(self, name: str) -> dict[str, Any] | None:
+        """What the replica's readiness check answers now ({"ready", "reason", "missing"}); None: no answer."""
+        return sidecar.answer(self.state.replica(name))
+
     def kill(self, name: str) -> None:
-        """SIGKILL the replica's process group (server and Python stubs), as a crash would."""
+        """SIGKILL the replica's process group (server and Python stubs), as a crash would; its
+        readiness check runs on (and says Triton does not answer)."""
         kill_replica(self.state_dir, name)
 
     def restart(self, name: str) -> None:

@@ -2,10 +2,13 @@
 
 `up` is all or nothing: it checks everything it can before starting anything (tools, the server
 binary, the repository, free ports, no fleet already at the state directory), then starts the
-replicas (in parallel: each is ready in well under 2 s here), HAProxy and Prometheus, and waits until a
-request through the load balancer reaches a ready replica on both protocols and Prometheus has
-scraped every replica once. Whatever fails or is interrupted half way, every process this call
-started is stopped before the error goes up, so a failed start leaves nothing running.
+replicas with their readiness checks (in parallel: each is ready in well under 2 s here), HAProxy
+and Prometheus, and waits until HAProxy's view agrees with every check (a replica that already
+serves the fleet's models, or that no serving manifest asks anything of, in rotation on both
+protocols, with a request through the load balancer reaching it; one that waits for shepherd to
+load the manifest's models, out) and Prometheus has scraped every replica once. Whatever fails or
+is interrupted half way, every process this call started is stopped before the error goes up, so
+a failed start leaves nothing running.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from control_plane.errors import (
     TritonStartFailed,
 )
 from control_plane.fleet import MetricsSource, fleet_file_text
-from control_plane.local_fleet import haproxy, prometheus
+from control_plane.local_fleet import haproxy, prometheus, sidecar
 from control_plane.local_fleet.processes import (
     find_tools,
     owned,
@@ -84,6 +87,7 @@ def replica_name(index: int) -> str:
 def running_parts(state: FleetState) -> dict[str, int]:
     """The parts of a recorded fleet that still run, by name: their pids (= process groups)."""
     parts = {r.name: (r.pid, r.marker) for r in state.replicas}
+    parts.update({f"{r.name} readiness": (r.readiness_pid, str(r.readiness_pid_file)) for r in state.replicas})
     parts["haproxy"] = (state.haproxy.pid, state.haproxy.marker)
     parts["prometheus"] = (state.prometheus.pid, state.prometheus.marker)
     return {name: pid for name, (pid, marker) in parts.items() if owned(pid, marker)}
@@ -178,8 +182,9 @@ def _plan(
         raise FleetStartFailed(
             f"a local fleet already runs from {state_dir}: stop it with `shepherd fleet down --state-dir {state_dir}`"
         )
-    if base_port is not None and not 0 < base_port <= 65535 - (3 * replicas + 3):
-        raise ConfigError(f"--base-port: {base_port} leaves no room for {3 * replicas + 4} ports below 65536")
+    needed = FleetPorts.count_for(replicas)
+    if base_port is not None and not 0 < base_port <= 65536 - needed:
+        raise ConfigError(f"--base-port: {base_port} leaves no room for {needed} ports below 65536")
     ports = FleetPorts.from_base(base_port, replicas) if base_port else FleetPorts.free(replicas)
     busy = [p for p in ports.all() if not local_triton.port_is_free(p)]
     if busy:
@@ -206,12 +211,14 @@ def _wait(
         for record in state.replicas:
             if not owned(record.pid, record.marker):
                 raise start_failed(f"replica {record.name} exited during start", Path(record.log_file))
+            if not sidecar.running(record):
+                raise start_failed(f"the readiness check of {record.name} exited during start", record.readiness_log)
         return ready(state)
 
     log_file = Path(state.haproxy.log_file if part == "haproxy" else state.prometheus.log_file)
     wait_until(check, process=process, what=part, log_file=log_file, timeout=timeout)
     where = (
-        f"grpc {state.balancer_grpc}, http {state.balancer_http}"
+        f"grpc {state.balancer_grpc}, http {state.balancer_http}; {_in_rotation(state)}"
         if part == "haproxy"
         else f"{state.prometheus_url}, scraping {len(state.replicas)} replica(s)"
     )
@@ -228,12 +235,27 @@ def _start_replicas(
     def start_one(index: int) -> None:
         name = replica_name(index)
         replica_dir = plan.state_dir / name
+        ports = plan.ports.replicas[index]
         progress(name, None)
         begun = time.monotonic()
+        # The check first: its Python starts while the server does. Its record is the replica's, pid 0.
+        planned = ReplicaRecord(
+            name=name,
+            pid=0,
+            http_port=ports.http,
+            grpc_port=ports.grpc,
+            metrics_port=ports.metrics,
+            state_dir=str(replica_dir),
+            log_file=str(replica_dir / "tritonserver.log"),
+            readiness_port=plan.ports.readiness[index],
+        )
+        check = sidecar.start(planned, plan.repo, api_key)
+        with lock:
+            started.append(check.pid)
         try:
             server = local_triton.start(
                 plan.repo,
-                ports=plan.ports.replicas[index],
+                ports=ports,
                 state_dir=replica_dir,
                 log_file=replica_dir / "tritonserver.log",
                 timeout=timeout,
@@ -244,17 +266,26 @@ def _start_replicas(
             raise FleetStartFailed(f"replica {name}: {exc}") from exc
         with lock:
             started.append(server.pid)
-            records[name] = ReplicaRecord(
-                name=name,
-                pid=server.pid,
-                http_port=server.http_port,
-                grpc_port=server.grpc_port,
-                metrics_port=server.metrics_port,
-                state_dir=server.state_dir,
-                log_file=server.log_file,
-            )
+        record = replace(
+            planned,
+            pid=server.pid,
+            state_dir=server.state_dir,
+            log_file=server.log_file,
+            readiness_pid=check.pid,
+        )
+        wait_until(
+            lambda: sidecar.live(record),
+            process=check,
+            what=f"the readiness check of {name}",
+            log_file=record.readiness_log,
+            timeout=timeout,
+        )
+        with lock:
+            records[name] = record
         progress(
-            name, f"ready in {time.monotonic() - begun:.1f} s (pid {server.pid}): grpc {records[name].replica.grpc}"
+            name,
+            f"ready in {time.monotonic() - begun:.1f} s (pid {server.pid}): grpc {record.replica.grpc}, "
+            f"readiness {record.readiness_url}",
         )
 
     count = len(plan.ports.replicas)
@@ -311,18 +342,43 @@ def _spawn_prometheus(plan: _Plan, progress: Progress) -> tuple[PartRecord, subp
 
 
 def _balancer_ready(state: FleetState) -> bool:
-    """HAProxy has every replica in rotation and a health call through it works on both protocols."""
+    """HAProxy's view agrees with every replica's readiness check, and a health call through it works
+    on both protocols when any replica is in rotation.
+
+    A replica whose check says "not ready" only because it lacks models of the serving manifest (the
+    repository was served by shepherd before) is fine: it is out of rotation until shepherd's next
+    pass loads them. Any other "not ready" (Triton does not answer) is not.
+    """
     servers = haproxy.server_states(state.stats_url)
-    if servers is None or any(
-        servers.get(r.name, {}).get(side) != "UP" for r in state.replicas for side in ("grpc", "http")
-    ):
+    answers = {r.name: sidecar.answer(r) for r in state.replicas}
+    if servers is None or any(a is None or not (a["ready"] or a.get("missing")) for a in answers.values()):
         return False
+    sides = ("grpc", "http")
+    serving = [r.name for r in state.replicas if answers[r.name]["ready"]]  # type: ignore[index]
+    waiting = [r.name for r in state.replicas if r.name not in serving]
+    if any(servers.get(name, {}).get(side) != "UP" for name in serving for side in sides):
+        return False
+    if any(not servers.get(name, {}).get(side, "").startswith("DOWN") for name in waiting for side in sides):
+        return False
+    if not serving:
+        return True
     try:
         if not requests.get(f"http://{state.balancer_http}/v2/health/ready", timeout=1.0).ok:
             return False
     except requests.RequestException:
         return False
     return _grpc_ready(state.balancer_grpc)
+
+
+def _in_rotation(state: FleetState) -> str:
+    """A note for the progress line: how many replicas HAProxy sends requests to, and why not the others."""
+    answers = {r.name: sidecar.answer(r) for r in state.replicas}
+    waiting = {name: a.get("missing", []) for name, a in answers.items() if a is not None and not a["ready"]}
+    if not waiting:
+        return f"all {len(state.replicas)} replicas in rotation"
+    return f"{len(state.replicas) - len(waiting)} of {len(state.replicas)} in rotation; " + "; ".join(
+        f"{name} waits for shepherd to load {', '.join(missing)}" for name, missing in waiting.items()
+    )
 
 
 def _grpc_ready(address: str) -> bool:
@@ -374,6 +430,7 @@ def down(state_dir: Path | None = None, *, timeout: float = 20.0) -> FleetState:
     left = stop_groups(list(parts.values()), timeout=timeout)
     for record in state.replicas:
         (Path(record.state_dir) / "state.json").unlink(missing_ok=True)
+        record.readiness_pid_file.unlink(missing_ok=True)  # the check removes it on SIGTERM; not on SIGKILL
     forget_state(state_dir)
     if left:
         raise FleetError(f"process group(s) {', '.join(map(str, left))} survived SIGKILL; see `ps -g`")
@@ -393,7 +450,9 @@ def kill_replica(state_dir: Path, name: str) -> ReplicaRecord:
 
 def restart_replica(state_dir: Path, name: str, *, api_key: str | None = None, timeout: float = 120.0) -> ReplicaRecord:
     """Start one replica again on its own ports (stopping it first if it still runs); it serves no model
-    until someone loads one (explicit model-control mode), just like a restarted pod."""
+    until someone loads one (explicit model-control mode), just like a restarted pod. Its readiness
+    check keeps running (started again if it has died), so HAProxy takes the replica back only once
+    it serves the serving manifest's models."""
     state = running_state(state_dir)
     record = _replica(state, name)
     if state.restricted and api_key is None:
@@ -413,6 +472,8 @@ def restart_replica(state_dir: Path, name: str, *, api_key: str | None = None, t
     except TritonStartFailed as exc:
         raise FleetStartFailed(f"replica {name}: {exc}") from exc
     restarted = replace(record, pid=server.pid)
+    if record.readiness_port and not sidecar.running(record):
+        restarted = replace(restarted, readiness_pid=sidecar.start(record, Path(state.repo), api_key).pid)
     write_state(state.with_replica(restarted))
     return restarted
 

@@ -5,9 +5,13 @@ Why HAProxy and these settings (see ../shared/notes/fleet-on-one-machine.md, ver
   the server lines), so every call is balanced on its own even when a client keeps one channel
   open (round robin per request, not per connection: a canary on k of N replicas gets k/N of the
   unversioned calls);
-- a replica is in rotation only while Triton says it is *ready* (`GET /v2/health/ready` on its
-  HTTP port, checked every 500 ms, HTTP/1 even for the gRPC backend: `check-proto h1`), and a
-  connection error seen on live traffic takes it out at once (`observe layer4` ... `mark-down`).
+- a replica is in rotation only while its readiness check says it is *ready* (`GET /ready` on
+  the check's own port, `check port`, every 500 ms while up and every second while down, HTTP/1
+  even for the gRPC backend: `check-proto h1`): Triton answers and serves every model of the
+  serving manifest (control_plane/readiness.py, local_fleet/sidecar.py). Triton's own
+  `/v2/health/ready` says yes with nothing loaded, which put a restarted replica back in rotation
+  before shepherd had loaded it (docs/benchmarks.md: 85 to 597 failed requests per restart). A
+  connection error seen on live traffic takes a replica out at once (`observe layer4` ... `mark-down`).
   The replicas run with `--strict-readiness=false` (see `control.REPLICA_ARGS`): with Triton's
   default, a replica is "not ready" while it loads any model, and a canary load would take it out;
 - a request that could not reach its replica, or got no answer because the replica died, is sent
@@ -39,9 +43,12 @@ BACKENDS = {GRPC_BACKEND: "grpc", HTTP_BACKEND: "http"}
 def config_text(replicas: Sequence[ReplicaRecord], *, grpc_port: int, http_port: int, stats_port: int) -> str:
     """The whole configuration; a pure function of the ports, so it can be checked without a fleet."""
     grpc_servers = "\n".join(
-        f"    server {r.name} {HOST}:{r.grpc_port} proto h2 check port {r.http_port} check-proto h1" for r in replicas
+        f"    server {r.name} {HOST}:{r.grpc_port} proto h2 check port {r.readiness_port} check-proto h1"
+        for r in replicas
     )
-    http_servers = "\n".join(f"    server {r.name} {HOST}:{r.http_port} check" for r in replicas)
+    http_servers = "\n".join(
+        f"    server {r.name} {HOST}:{r.http_port} check port {r.readiness_port}" for r in replicas
+    )
     return f"""\
 # Written by `shepherd fleet up`; rewritten at every start.
 global
@@ -63,7 +70,7 @@ defaults
     retry-on conn-failure empty-response junk-response
     option http-buffer-request
     option httpchk
-    http-check send meth GET uri /v2/health/ready
+    http-check send meth GET uri /ready
     default-server inter 500ms fastinter 250ms downinter 1s rise 2 fall 2 observe layer4 error-limit 1 on-error mark-down
 
 frontend grpc_in

@@ -1,7 +1,8 @@
 """`fleet status`: how each replica is doing, as each replica itself says, and as HAProxy and Prometheus see it.
 
 Each replica is asked directly (live, ready, its repository index), never through the load
-balancer, which would answer for whichever replica it picked. A replica that does not answer, or
+balancer, which would answer for whichever replica it picked, and so is its readiness check (what
+HAProxy's health checks ask: in rotation only while it serves the serving manifest's models). A replica that does not answer, or
 whose repository API wants a key that was not given, is reported as such in its row: one sick
 replica never hides the others.
 """
@@ -16,7 +17,7 @@ import requests
 
 from control_plane import local_triton
 from control_plane.errors import TritonAccessDenied, TritonUnreachable
-from control_plane.local_fleet import haproxy, prometheus
+from control_plane.local_fleet import haproxy, prometheus, sidecar
 from control_plane.local_fleet.control import running_state
 from control_plane.local_fleet.processes import owned
 from control_plane.local_fleet.state import ReplicaRecord
@@ -35,6 +36,8 @@ class ReplicaHealth:
     balancer: dict[str, str]  # HAProxy's view per protocol: {"grpc": "UP", "http": "DOWN"}
     models: dict[str, list[str]] = field(default_factory=dict)  # model -> its READY versions
     error: str | None = None  # why the versions could not be read
+    # Its readiness check: {"url", "pid", "running", "ready", "reason", "missing"}; ready None when it does not answer.
+    readiness: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -104,4 +107,18 @@ def _replica_health(record: ReplicaRecord, balancer: dict[str, str], api_key: st
         balancer=dict(balancer),
         models={m: sorted(v, key=lambda x: (len(x), x)) for m, v in sorted(models.items())},
         error=error,
+        readiness=_readiness(record),
     )
+
+
+def _readiness(record: ReplicaRecord) -> dict[str, Any]:
+    running = sidecar.running(record)
+    said = sidecar.answer(record) if running else None
+    return {
+        "url": record.readiness_url,
+        "pid": record.readiness_pid,
+        "running": running,
+        "ready": said["ready"] if said is not None else None,
+        "reason": said.get("reason", "") if said is not None else ("does not answer" if running else "not running"),
+        "missing": list(said.get("missing", [])) if said is not None else [],
+    }

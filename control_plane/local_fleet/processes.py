@@ -7,7 +7,8 @@ command line must still name a path of this fleet's state directory (its config 
 directory). A recycled pid never gets our signal.
 
 Every part starts with an environment built from nothing (as `local_triton` does for Triton):
-HAProxy and Prometheus need no variable of shepherd's, so none of its secrets reach them.
+HAProxy and Prometheus need no variable of shepherd's, so none of its secrets reach them; a
+replica's readiness check gets the repository API key alone (it reads the index).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from control_plane.errors import FleetStartFailed, FleetToolMissing
@@ -56,9 +57,12 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def spawn(command: Sequence[str], log_file: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    command: Sequence[str], log_file: Path, *, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start `command` in its own session, its stdout and stderr in `log_file` (begun anew: an error
-    quoted from its tail is this start's, not an earlier fleet's)."""
+    quoted from its tail is this start's, not an earlier fleet's). `env`: variables added to the clean
+    environment (only what that part needs, e.g. the readiness check's key)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "wb") as log:
         try:
@@ -67,7 +71,8 @@ def spawn(command: Sequence[str], log_file: Path) -> subprocess.Popen[bytes]:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=clean_env(),
+                env={**clean_env(), **(env or {})},
+                cwd=cwd,
                 start_new_session=True,
             )
         except OSError as exc:

@@ -4,7 +4,7 @@
 The record holds pids, ports and paths, never the API key (only `restricted: true`). Ports are
 laid out by `FleetPorts`: free ports by default, or a block from `--base-port` that a person can
 remember (replica i: http B+3i, grpc B+3i+1, metrics B+3i+2; then the load balancer's gRPC, HTTP
-and stats ports, then Prometheus).
+and stats ports, then Prometheus, then each replica's readiness check: B+3N+4+i).
 """
 
 from __future__ import annotations
@@ -30,34 +30,45 @@ class FleetPorts:
     balancer_http: int
     balancer_stats: int
     prometheus: int
+    readiness: tuple[int, ...] = ()  # each replica's readiness check (its sidecar), in replica order
+
+    @staticmethod
+    def count_for(replicas: int) -> int:
+        """How many ports a fleet of `replicas` takes: 3 per replica, 4 shared, 1 per readiness check."""
+        return 4 * replicas + 4
 
     @classmethod
     def free(cls, count: int) -> FleetPorts:
         """Ports the kernel says are free now (as `LocalTriton` picks them)."""
-        return cls.layout(free_ports(3 * count + 4), count)
+        return cls.layout(free_ports(cls.count_for(count)), count)
 
     @classmethod
     def from_base(cls, base: int, count: int) -> FleetPorts:
-        """The block base .. base + 3*count + 3: replica i at base+3i (http, grpc, metrics), then the rest."""
-        return cls.layout(list(range(base, base + 3 * count + 4)), count)
+        """The block base .. base + 4*count + 3: replica i at base+3i (http, grpc, metrics), then the rest."""
+        return cls.layout(list(range(base, base + cls.count_for(count))), count)
 
     @classmethod
     def layout(cls, ports: list[int], count: int) -> FleetPorts:
         replicas = tuple(Ports(*ports[3 * i : 3 * i + 3]) for i in range(count))
-        return cls(replicas, *ports[3 * count : 3 * count + 4])
+        grpc, http, stats, scraper = ports[3 * count : 3 * count + 4]
+        return cls(replicas, grpc, http, stats, scraper, readiness=tuple(ports[3 * count + 4 : 4 * count + 4]))
 
     def all(self) -> list[int]:
-        return [p for ports in self.replicas for p in ports.as_tuple()] + [
-            self.balancer_grpc,
-            self.balancer_http,
-            self.balancer_stats,
-            self.prometheus,
-        ]
+        return (
+            [p for ports in self.replicas for p in ports.as_tuple()]
+            + [self.balancer_grpc, self.balancer_http, self.balancer_stats, self.prometheus]
+            + list(self.readiness)
+        )
 
 
 @dataclass(frozen=True)
 class ReplicaRecord:
-    """One tritonserver of the fleet; `state_dir` is its own `local_triton` state directory."""
+    """One tritonserver of the fleet; `state_dir` is its own `local_triton` state directory.
+
+    Beside it runs its readiness check (`shepherd readiness`, as a pod's sidecar would): pid
+    `readiness_pid`, answering on `readiness_port`, which HAProxy's health checks ask. It outlives a
+    kill and restart of the server, as a sidecar container outlives a restart of Triton's container.
+    """
 
     name: str
     pid: int
@@ -66,6 +77,8 @@ class ReplicaRecord:
     metrics_port: int
     state_dir: str
     log_file: str
+    readiness_pid: int = 0  # 0: none recorded (a record from before readiness checks)
+    readiness_port: int = 0
 
     @property
     def ports(self) -> Ports:
@@ -84,6 +97,20 @@ class ReplicaRecord:
     def marker(self) -> str:
         """What its command line holds (`--backend-directory=<state_dir>/backends`): ours, not a recycled pid."""
         return str(Path(self.state_dir) / "backends")
+
+    @property
+    def readiness_url(self) -> str:
+        """Its readiness check's `/ready` (200 in rotation, 503 out, JSON with the reason)."""
+        return f"http://{HOST}:{self.readiness_port}/ready"
+
+    @property
+    def readiness_pid_file(self) -> Path:
+        """The check's `--pid-file`: on its command line, so also its marker (ours, not a recycled pid)."""
+        return Path(self.state_dir) / "readiness.pid"
+
+    @property
+    def readiness_log(self) -> Path:
+        return Path(self.state_dir) / "readiness.log"
 
 
 @dataclass(frozen=True)
@@ -147,7 +174,15 @@ class FleetState:
             "load_balancer": {"grpc": self.balancer_grpc, "http": self.balancer_http, "stats": self.stats_url},
             "prometheus": self.prometheus_url,
             "replicas": [
-                {"name": r.name, "grpc": r.replica.grpc, "http": r.http, "metrics": r.replica.metrics, "pid": r.pid}
+                {
+                    "name": r.name,
+                    "grpc": r.replica.grpc,
+                    "http": r.http,
+                    "metrics": r.replica.metrics,
+                    "pid": r.pid,
+                    "readiness": r.readiness_url,
+                    "readiness_pid": r.readiness_pid,
+                }
                 for r in self.replicas
             ],
             "haproxy_pid": self.haproxy.pid,
