@@ -33,7 +33,7 @@ from tests.classifier_models import golden_set, publish
 from tests.conftest import HISTORIES
 from tests.dns_server import DnsTestServer
 from tests.test_cli_errors import fails_with, shepherd
-from tests.test_control_plane import FAST_POLICY, state_of, tick_until
+from tests.test_control_plane import FAST_POLICY, QUICK_AA, state_of, tick_until
 
 pytestmark = pytest.mark.triton
 
@@ -293,7 +293,7 @@ def test_canary_widens_step_by_step_on_four_replicas(repo: ModelRepository, tmp_
             server.__enter__()
         fleet_file = tmp_path / "fleet.yaml"
         fleet_file.write_text(fleet_file_text(replicas_of(servers)))
-        rt = fleet_runtime(tmp_path, repo, fleet_file)
+        rt = fleet_runtime(tmp_path, repo, fleet_file, policy=FAST_POLICY + QUICK_AA)
         try:
             stable = publish(repo, tmp_path / "build", "clf", "good")
             tick_until(rt, lambda: state_of(rt, "clf", stable) == State.promoted)
