@@ -51,7 +51,7 @@ from tritonclient.utils import InferenceServerException
 
 from control_plane.errors import ConfigError, PortInUse, ServingManifestError
 from control_plane.serving_manifest import ServingManifest, manifest_path, read_manifest
-from control_plane.triton_admin import GRPC_API_KEY_HEADER, IndexEntry, access_denied, mask
+from control_plane.triton_admin import GRPC_API_KEY_HEADER, IndexEntry, access_denied, index_entries, mask
 from probes.channel import GrpcTls, grpc_client, tls_hint
 
 TRITON_TIMEOUT_S = 1.0  # each gRPC call; a probe (HAProxy: 1 s, kubelet: timeoutSeconds) must get an answer
@@ -165,15 +165,7 @@ class ReadinessChecker:
                 return TritonProblem(f"its repository API wants a key and {given}: {text}", triton_ready=True)
             hint = tls_hint(text, self.tls)
             return TritonProblem(f"Triton at {self.triton_grpc} does not answer: {f'{hint}: ' if hint else ''}{text}")
-        return tuple(
-            IndexEntry(
-                model=entry["name"],
-                version=int(entry["version"]) if entry.get("version") else None,
-                state=entry.get("state", ""),
-                reason=entry.get("reason", ""),
-            )
-            for entry in raw.get("models", [])
-        )
+        return tuple(index_entries(raw))
 
 
 class _Handler(BaseHTTPRequestHandler):

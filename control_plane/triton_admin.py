@@ -21,6 +21,7 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf import json_format
 from tritonclient.grpc.model_config_pb2 import ModelConfig
@@ -67,6 +68,19 @@ class IndexEntry:
     reason: str
 
 
+def index_entries(raw: dict[str, Any]) -> list[IndexEntry]:
+    """Triton's repository index as JSON (`get_model_repository_index(as_json=True)`) as entries."""
+    return [
+        IndexEntry(
+            model=entry["name"],
+            version=int(entry["version"]) if entry.get("version") else None,
+            state=entry.get("state", ""),
+            reason=entry.get("reason", ""),
+        )
+        for entry in raw.get("models", [])
+    ]
+
+
 def override_json(config: ModelConfig, versions: Iterable[int]) -> str:
     """The load override: the parsed config with a `specific` version policy listing `versions`."""
     override = ModelConfig()
@@ -110,15 +124,7 @@ class TritonAdmin:
             raise TritonUnreachable(
                 f"Triton at {self.grpc_url} did not answer the repository index: {self._masked(exc)}"
             ) from exc
-        return [
-            IndexEntry(
-                model=entry["name"],
-                version=int(entry["version"]) if entry.get("version") else None,
-                state=entry.get("state", ""),
-                reason=entry.get("reason", ""),
-            )
-            for entry in raw.get("models", [])
-        ]
+        return index_entries(raw)
 
     def ready_versions(self, model: str, index: list[IndexEntry] | None = None) -> set[int]:
         entries = self.index() if index is None else index
