@@ -1268,7 +1268,7 @@ def idle_lines(idle: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Goal: the store and each replica's index read once per pass, <= 50 ms CPU: index reads per replica "
             f"{reads}, store snapshots "
-            f"{snaps:g} per pass (reconcile, probe and judge each take one when there is no canary: "
+            f"{snaps:g} per pass (reconcile, probe and judge called alone, each with no canary: "
             f"{big['snapshots_reconcile']:g} / {big['snapshots_probe']:g} / {big['snapshots_judge']:g}), "
             f"{big['sql_statements_per_tick']['median']:g} SQL statements, CPU {cpu:.1f} ms: "
             f"index {met(once)}, store {met(snaps <= 1)}, CPU {met(cpu <= 50)}"
