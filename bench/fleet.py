@@ -964,7 +964,7 @@ def render(data: dict[str, Any], command: str) -> str:
             lines.append(
                 f"- Bluegreen A/A {outcome.replace('_', ' ')}, at the last decision: candidate / stable median latency "
                 f"ratio {_spread(med, 2)}, p95 ratio {_spread(p95, 2)}, {_spread([float(x) for x in n], 0)} candidate "
-                "samples (against stable's pre-cut-over samples)."
+                "samples (pooled over the step, informational: the judge decides on per-window pairs)."
             )
     windows = [w for r in aa if r["strategy"] == "bluegreen" for w in (r.get("stable_step0_windows") or [])[:1]]
     if windows:

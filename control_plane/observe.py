@@ -497,7 +497,8 @@ def canary_evidence(
 
 def bluegreen_stable(stable: int, base: list[ProbeWindowRecord], same: list[ProbeWindowRecord]) -> Evidence:
     """Stable's evidence for a bluegreen step: counts, quality and live figures from step 0 (`base`,
-    under all traffic before the cut-over), latency windows from the probes of the judged step
-    (`same`), which are paired with the candidate's."""
+    under all traffic before the cut-over), latency (the paired windows and the pooled samples the
+    decision reports) from the probes of the judged step (`same`), taken beside the candidate's."""
     before = evidence_from_windows(stable, base)
-    return replace(before, windows=evidence_from_windows(stable, same).windows)
+    during = evidence_from_windows(stable, same)
+    return replace(before, windows=during.windows, latencies_ms=during.latencies_ms)

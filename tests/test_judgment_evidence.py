@@ -77,3 +77,4 @@ def test_bluegreen_stable_counts_from_before_the_cut_over_and_latency_from_the_s
     evidence = bluegreen_stable(1, before, same)
     assert evidence.requests == 16 and evidence.quality_rows is not None
     assert [w.samples for w in evidence.windows] == [(1.0, 2.0, 3.0), (1.0, 2.0, 3.0)]
+    assert 9.0 not in evidence.latencies_ms  # the pooled figures a decision reports: the same seconds too
